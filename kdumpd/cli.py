@@ -1,0 +1,263 @@
+"""The `kdumpd` command: the daemon, and the clients that talk to it or work offline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kdumpd import UserError, cmdline, config, kernels, reservation
+from kdumpd.sizes import SizeError, format_size, human_size, parse_size
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_NOT_LOADED = 3  # like `systemctl is-active`
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def _when(usec: int) -> str:
+    if not usec:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(usec / 1_000_000))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from kdumpd import dbus_service
+    from kdumpd.loader import Kexec
+    from kdumpd.service import Daemon
+
+    return dbus_service.serve(Daemon(args.config, Kexec()))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from kdumpd import dbus_service
+
+    status = dbus_service.Client().status()
+    if args.json:
+        _print_json(status)
+    else:
+        reserved = human_size(status["ReservedBytes"])
+        recommended = human_size(status["RecommendedBytes"])
+        loaded = "loaded" if status["CrashKernelLoaded"] else "not loaded"
+        rows = [
+            ("State", status["State"]),
+            ("Crash kernel", f"{status['KernelVersion'] or '-'} ({loaded})"),
+            ("Kernel image", status["KernelImage"] or "-"),
+            ("Initrd", status["Initrd"] or "-"),
+            ("Command line", status["CommandLine"] or "-"),
+            ("Reservation", f"{reserved} (capture needs about {recommended})"),
+            ("Last load", _when(status["LastLoadUsec"])),
+            ("Last error", status["LastError"] or "-"),
+            ("Config", status["ConfigPath"]),
+        ]
+        for label, value in rows:
+            print(f"{label + ':':14} {value}")
+    return EXIT_OK if status["CrashKernelLoaded"] else EXIT_NOT_LOADED
+
+
+def _wait_for(action: Callable[[Any], None]) -> int:
+    from kdumpd import dbus_service
+
+    status = dbus_service.Client().call_and_wait(action)
+    print(f"{status['State']}: {status['KernelVersion'] or '-'}")
+    if status["LastError"]:
+        print(status["LastError"], file=sys.stderr)
+    return EXIT_OK if status["CrashKernelLoaded"] else EXIT_NOT_LOADED
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    return _wait_for(lambda proxy: proxy.Reload())
+
+
+def cmd_unload(args: argparse.Namespace) -> int:
+    if args.local:
+        from kdumpd.loader import Kexec, KexecError
+
+        kexec = Kexec()
+        try:
+            kexec.unload()
+        except KexecError as e:
+            raise UserError(str(e.strerror)) from None
+        return EXIT_OK if not kexec.loaded() else EXIT_ERROR
+    rc = _wait_for(lambda proxy: proxy.Unload())
+    return EXIT_OK if rc == EXIT_NOT_LOADED else EXIT_ERROR
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    warnings: list[str] = []
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as e:
+        problems += [str(p) for p in e.problems]
+        cfg = config.Config(path=args.config)
+    sysroot = Path("/")
+    try:
+        files, note = kernels.choose(cfg, platform.release(), sysroot)
+        if note:
+            warnings.append(note)
+        kernel_size = files.image.stat().st_size
+        initrd_size = files.initrd.stat().st_size if files.initrd else 0
+        print(f"crash kernel: {files.version} ({files.image}, {files.initrd or 'no initrd'})")
+    except (kernels.KernelNotFound, OSError) as e:
+        problems.append(str(e))
+        kernel_size = initrd_size = 0
+    res = reservation.read_reservation(sysroot)
+    recommended = reservation.recommended_bytes(res.ram_bytes, kernel_size, initrd_size)
+    verdict = reservation.assess(res, recommended, cfg.min_reservation)
+    print(f"reservation: {human_size(res.reserved_bytes)}, capture needs about "
+          f"{human_size(recommended)}")
+    if verdict.state in ("none", "too-small"):
+        problems.append(f"{verdict.message} Set {verdict.suggestion}.")
+    elif verdict.state == "below-recommended":
+        warnings.append(f"{verdict.message} Set {verdict.suggestion}.")
+    try:
+        running = (sysroot / "proc/cmdline").read_text().strip()
+        line = cmdline.build(running, cfg.cmdline_remove, cfg.cmdline_append,
+                             platform.machine())
+        print(f"capture command line: {line}")
+    except (OSError, cmdline.CmdlineTooLong) as e:
+        problems.append(str(e))
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    if problems:
+        return EXIT_ERROR
+    print(f"{args.config}: OK")
+    return EXIT_OK
+
+
+def cmd_crashkernel(args: argparse.Namespace) -> int:
+    res = reservation.read_reservation(Path("/"))
+    try:
+        ram = parse_size(args.memory) if args.memory else res.ram_bytes
+    except SizeError as e:
+        raise UserError(f"--memory: {e}") from None
+    if args.value is not None:
+        value = args.value.removeprefix("crashkernel=")
+        try:
+            param = reservation.parse_crashkernel_value(value)
+        except reservation.CrashKernelSyntaxError as e:
+            raise UserError(str(e)) from None
+        reserved = param.reserved_bytes(ram)
+        if args.json:
+            _print_json({"value": value, "memory_bytes": ram, "reserved_bytes": reserved})
+        else:
+            print(f"crashkernel={value} reserves {format_size(reserved) if reserved else 'nothing'}"
+                  f" on a machine with {human_size(ram)} of RAM")
+        return EXIT_OK
+    try:
+        files, _ = kernels.choose(config.Config(), platform.release())
+        kernel_size = files.image.stat().st_size
+        initrd_size = files.initrd.stat().st_size if files.initrd else 0
+    except (kernels.KernelNotFound, OSError):
+        kernel_size = initrd_size = 0
+    recommended = reservation.recommended_bytes(ram, kernel_size, initrd_size)
+    verdict = reservation.assess(res, recommended)
+    params = {kind: p.text for kind, p in res.params.items()}
+    if args.json:
+        _print_json({
+            "cmdline": params,
+            "memory_bytes": ram,
+            "reserved_bytes": res.reserved_bytes,
+            "iomem": [{"start": r.start, "end": r.end} for r in res.iomem],
+            "recommended_bytes": recommended,
+            "recommended": f"crashkernel={format_size(recommended)}",
+            "verdict": verdict.state,
+            "message": verdict.message,
+        })
+        return EXIT_OK
+    given = " ".join(f"crashkernel={t}" for t in params.values()) or "none"
+    print(f"kernel command line: {given}")
+    if res.param_error:
+        print(f"  error: {res.param_error}")
+    print(f"memory: {human_size(ram)}")
+    print(f"reserved: {human_size(res.reserved_bytes)} ({res.reserved_bytes} bytes)")
+    for r in res.iomem:
+        print(f"  Crash kernel {r.start:#x}-{r.end:#x}")
+    print(f"recommended: crashkernel={format_size(recommended)}")
+    print(verdict.message)
+    return EXIT_OK
+
+
+def cmd_dumps(args: argparse.Namespace) -> int:
+    from kdumpd import dbus_service
+
+    found = dbus_service.Client().list_dumps()
+    if args.json:
+        _print_json(found)
+        return EXIT_OK
+    if not found:
+        print("no dumps saved")
+    for d in found:
+        state = "complete" if d["Complete"] else f"INCOMPLETE: {d['Error']}"
+        print(f"{d['Path']}  {_when(d['TimeUsec'])}  {d['KernelVersion']}  "
+              f"{human_size(d['SizeBytes'])}  {state}")
+        if d["PanicMessage"]:
+            print(f"    {d['PanicMessage']}")
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kdumpd", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    config_arg: dict[str, Any] = {"type": Path, "default": config.DEFAULT_PATH,
+                                  "help": "configuration file (default: %(default)s)"}
+
+    s = sub.add_parser("serve", help="run the daemon (what kdumpd.service runs)")
+    s.add_argument("--config", **config_arg)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("status", help="the daemon's status; exit 0 loaded, 3 not loaded")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("reload", help="ask the daemon to reload the crash kernel")
+    s.set_defaults(func=cmd_reload)
+
+    s = sub.add_parser("unload", help="ask the daemon to unload the crash kernel")
+    s.add_argument("--local", action="store_true",
+                   help="unload directly with the syscall, without the daemon")
+    s.set_defaults(func=cmd_unload)
+
+    s = sub.add_parser("check", help="validate the config and the reservation, load nothing")
+    s.add_argument("--config", **config_arg)
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("crashkernel", help="this machine's crashkernel= reservation, or what "
+                       "a crashkernel= value reserves")
+    s.add_argument("--memory", metavar="SIZE", help="RAM size to evaluate VALUE against")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("value", nargs="?", metavar="VALUE", help="e.g. 2G-64G:256M,64G-:512M")
+    s.set_defaults(func=cmd_crashkernel)
+
+    s = sub.add_parser("dumps", help="list saved dumps")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_dumps)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        rc: int = args.func(args)
+    except UserError as e:
+        print(f"kdumpd {args.command}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

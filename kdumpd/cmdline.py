@@ -1,0 +1,118 @@
+"""The capture kernel's command line: the running one, minus what must not reach it, plus
+what capture needs."""
+
+from __future__ import annotations
+
+CAPTURE_TARGET = "kdumpd-capture.target"
+
+# Parameters that would make the crash kernel reserve memory it does not have, hide its
+# console, or start the normal boot instead of capture.
+REMOVE = (
+    "crashkernel",
+    "hugepages",
+    "hugepagesz",
+    "default_hugepagesz",
+    "hugetlb_cma",
+    "cma",
+    "quiet",
+    "splash",
+    "log_buf_len",
+    "swiotlb",
+    "slub_debug",
+    "panic_on_warn",
+    "isolcpus",
+    "nohz_full",
+    "nr_cpus",
+    "maxcpus",
+    "BOOT_IMAGE",
+    "initrd",
+    "init",
+    "systemd.unit",
+    "rd.systemd.unit",
+    "elfcorehdr",
+)
+
+# What kdump-utils and kdump-tools agree on: one CPU, tolerate devices left mid-DMA by the
+# dead kernel, reboot by itself if the crash kernel panics too, boot straight into capture.
+APPEND = (
+    "irqpoll",
+    "nr_cpus=1",
+    "reset_devices",
+    "panic=10",
+    "cgroup_disable=memory",
+    "transparent_hugepage=never",
+    "novmcoredd",
+    "cma=0",
+    "hugetlb_cma=0",
+    "usbcore.nousb",
+    "udev.children-max=1",
+    f"systemd.unit={CAPTURE_TARGET}",
+)
+# Firmware and memory features that cost memory or hang in a crash kernel on x86.
+APPEND_X86 = ("mce=off", "numa=off", "acpi_no_memhotplug", "hest_disable", "nokaslr")
+
+# The kernel appends " elfcorehdr=0x<addr> " to a crash kernel's command line.
+ELFCOREHDR_RESERVE = 32
+
+
+class CmdlineTooLong(ValueError):
+    pass
+
+
+def split(cmdline: str) -> list[str]:
+    """Split like the kernel does: on white space, except inside double quotes."""
+    params: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for ch in cmdline:
+        if ch == '"':
+            quoted = not quoted
+        if ch.isspace() and not quoted:
+            if current:
+                params.append("".join(current))
+                current = []
+        else:
+            current.append(ch)
+    if current:
+        params.append("".join(current))
+    return params
+
+
+def name(param: str) -> str:
+    return param.split("=", 1)[0]
+
+
+def _matches(param: str, pattern: str) -> bool:
+    """'quiet' removes quiet and quiet=...; 'console=tty0' removes only that exact one."""
+    return param == pattern if "=" in pattern else name(param) == pattern
+
+
+def build(
+    running: str,
+    remove: tuple[str, ...] = (),
+    append: tuple[str, ...] = (),
+    machine: str = "x86_64",
+    max_len: int = 2047,
+) -> str:
+    """The capture command line; parameters in `append` replace same-named defaults."""
+    params = split(running)
+    if "--" in params:  # what follows belongs to init, not to the kernel
+        params = params[: params.index("--")]
+    extra = [*APPEND, *(APPEND_X86 if machine == "x86_64" else ())]
+    user_names = {name(p) for p in append}
+    added = [p for p in extra if name(p) not in user_names] + list(append)
+    added_names = {name(p) for p in added}
+    kept = [
+        p
+        for p in params
+        if name(p) not in added_names and not any(_matches(p, r) for r in (*REMOVE, *remove))
+    ]
+    result = " ".join(kept + added)
+    limit = max_len - ELFCOREHDR_RESERVE
+    if len(result) > limit:
+        raise CmdlineTooLong(
+            f"capture command line is {len(result)} characters; the kernel accepts {max_len} "
+            f"and needs {ELFCOREHDR_RESERVE} of them for elfcorehdr= (shorten it with "
+            f"cmdline_remove): {result[:80]}..."
+        )
+    return result

@@ -1,0 +1,299 @@
+"""The D-Bus face of the daemon (pydbus kept to this module so the binding can be swapped).
+
+Method calls run on the GLib main loop. Loading a kernel is slow, so Reload and Unload
+hand the work to one worker thread and return at once; State turns to "loading" before
+they return, and PropertiesChanged tells when the work is done (`kdumpd reload` waits
+for it). The worker posts status changes back to the main loop with GLib.idle_add.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from gi.repository import GLib
+from pydbus import SystemBus
+from pydbus.generic import signal as dbus_signal
+
+from kdumpd import UserError, dumps, journal
+from kdumpd.service import Daemon, Status
+
+BUS_NAME = "org.kdumpd.Kdump1"
+OBJECT_PATH = "/org/kdumpd/Kdump1"
+INTERFACE = "org.kdumpd.Kdump1"
+
+PROPERTY_TYPES = {
+    "State": "s",
+    "CrashKernelLoaded": "b",
+    "ReservedBytes": "t",
+    "RecommendedBytes": "t",
+    "KernelVersion": "s",
+    "KernelImage": "s",
+    "Initrd": "s",
+    "CommandLine": "s",
+    "LastLoadUsec": "t",
+    "LastError": "s",
+    "ConfigPath": "s",
+}
+
+_PROPERTIES_XML = "\n".join(
+    f'    <property name="{name}" type="{sig}" access="read"/>'
+    for name, sig in PROPERTY_TYPES.items()
+)
+
+INTROSPECTION = f"""
+<node>
+  <interface name="{INTERFACE}">
+{_PROPERTIES_XML}
+    <method name="GetStatus"><arg name="status" type="a{{sv}}" direction="out"/></method>
+    <method name="ListDumps"><arg name="dumps" type="aa{{sv}}" direction="out"/></method>
+    <method name="Reload"/>
+    <method name="Unload"/>
+  </interface>
+</node>
+"""
+
+ACTION_RELOAD = "org.kdumpd.Kdump1.reload"
+ACTION_UNLOAD = "org.kdumpd.Kdump1.unload"
+
+
+def _error(name: str) -> type[Exception]:
+    """An exception class that pydbus turns into the D-Bus error `name`."""
+    return type(name, (Exception,), {})
+
+
+AccessDenied = _error("org.freedesktop.DBus.Error.AccessDenied")
+InternalError = _error("org.kdumpd.Kdump1.Error.Internal")
+
+
+def _variants(values: dict[str, Any], types: dict[str, str]) -> dict[str, GLib.Variant]:
+    return {k: GLib.Variant(types[k], v) for k, v in values.items()}
+
+
+class Worker:
+    """One thread that runs reloads and unloads in order; repeated reload requests that
+    arrive while one is waiting collapse into it."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._run, name="kdumpd-worker", daemon=True).start()
+
+    def submit(self, name: str, job: Callable[[], None]) -> None:
+        with self._lock:
+            if name in self._pending:
+                return
+            self._pending.add(name)
+
+        def run() -> None:
+            with self._lock:
+                self._pending.discard(name)
+            job()
+
+        self._jobs.put(run)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except Exception as e:  # a bug must not kill the worker and freeze the daemon
+                journal.send(journal.ERR, f"internal error: {e!r}")
+
+
+class KdumpObject:
+    PropertiesChanged = dbus_signal()
+
+    def __init__(self, daemon: Daemon, worker: Worker, bus: Any) -> None:
+        self._daemon = daemon
+        self._worker = worker
+        self._bus = bus
+        self._ready = False
+
+    def __getattr__(self, name: str) -> Any:
+        # Properties: CrashKernelLoaded is read from the kernel on every request.
+        if name in PROPERTY_TYPES:
+            return getattr(self._daemon.refresh(), name)
+        raise AttributeError(name)
+
+    def GetStatus(self) -> dict[str, GLib.Variant]:
+        return _variants(self._daemon.refresh().as_dict(), PROPERTY_TYPES)
+
+    def ListDumps(self) -> list[dict[str, GLib.Variant]]:
+        cfg = self._daemon.config
+        found = dumps.scan(cfg.dump_path if cfg else dumps.DEFAULT_PATH)
+        return [_variants(d.as_dict(), dumps.FIELD_TYPES) for d in found]
+
+    def Reload(self, dbus_context: Any) -> None:
+        self._authorize(dbus_context, ACTION_RELOAD)
+        self.start_reload()
+
+    def Unload(self, dbus_context: Any) -> None:
+        self._authorize(dbus_context, ACTION_UNLOAD)
+        self._worker.submit("unload", self._unload)
+
+    def start_reload(self) -> None:
+        """Queue a reload; systemd hears RELOADING=1 now and READY=1 when it is done."""
+        if self._ready:
+            journal.notify_reloading()
+        self._daemon.mark_loading()
+
+        def job() -> None:
+            self._daemon.reload()
+            GLib.idle_add(self._reloaded)
+
+        self._worker.submit("reload", job)
+
+    def _reloaded(self) -> bool:
+        self._ready = True
+        journal.notify(READY="1", STATUS=_status_words(self._daemon.status))
+        return False  # GLib: run once
+
+    def _unload(self) -> None:
+        try:
+            self._daemon.unload()
+        except OSError:
+            pass  # LastError already says why
+
+    def _authorize(self, context: Any, action: str) -> None:
+        sender = context.sender
+        try:
+            if self._bus.dbus.GetConnectionUnixUser(sender) == 0:
+                return
+            if context.is_authorized(action, {}, interactive=True):
+                return
+        except GLib.Error as e:  # no polkit on this bus: only root is allowed
+            journal.send(journal.INFO, f"polkit check for {sender} failed: {e.message}")
+        raise AccessDenied(f"{action}: only root or a user that polkit authorizes may do this")
+
+    def emit(self, changed: dict[str, Any]) -> None:
+        self.PropertiesChanged(INTERFACE, changed, [])
+
+
+def _status_words(status: Status) -> str:
+    if status.State == "loaded":
+        text = f"crash kernel {status.KernelVersion} loaded"
+    else:
+        text = f"{status.State}"
+    return f"{text}: {status.LastError}" if status.LastError else text
+
+
+def serve(daemon: Daemon, bus: Any | None = None) -> int:
+    """Run the daemon until SIGTERM. Returns the exit status."""
+    # pydbus logs a traceback for every error reply, AccessDenied included; our errors are
+    # deliberate and unexpected ones are reported by the worker.
+    logging.getLogger("pydbus").setLevel(logging.CRITICAL)
+    bus = bus or SystemBus()
+    loop = GLib.MainLoop()
+    worker = Worker()
+    obj = KdumpObject(daemon, worker, bus)
+
+    def on_change(changed: dict[str, Any]) -> None:
+        def emit() -> bool:
+            obj.emit(changed)
+            journal.notify(STATUS=_status_words(daemon.status))
+            return False
+
+        GLib.idle_add(emit)
+
+    daemon.on_change = on_change
+    registration = bus.register_object(OBJECT_PATH, obj, INTROSPECTION)
+    try:
+        owner = bus.request_name(BUS_NAME, allow_replacement=False, replace=False)
+    except RuntimeError as e:
+        journal.send(journal.ERR, f"cannot own {BUS_NAME} on the system bus: {e}")
+        registration.unregister()
+        return 1
+
+    obj.start_reload()
+
+    def on_hup() -> bool:
+        obj.start_reload()
+        return True
+
+    def on_term() -> bool:
+        loop.quit()
+        return True
+
+    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGHUP, on_hup)
+    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGTERM, on_term)
+    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGINT, on_term)
+    interval = journal.watchdog_interval_usec()
+    if interval:
+        GLib.timeout_add(interval // 1000, lambda: journal.notify(WATCHDOG="1") or True)
+    loop.run()
+    # The crash kernel stays loaded: stopping or restarting the daemon must not leave a gap.
+    journal.notify(STOPPING="1")
+    owner.unown()
+    registration.unregister()
+    return 0
+
+
+class Client:
+    """What the CLI and the kernel hooks use to talk to the daemon."""
+
+    def __init__(self, bus: Any | None = None) -> None:
+        try:
+            self._bus = bus or SystemBus()
+            self._proxy = self._bus.get(BUS_NAME, OBJECT_PATH)
+        except GLib.Error as e:
+            raise UserError(_client_error(e)) from None
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return dict(self._proxy.GetStatus())
+        except GLib.Error as e:
+            raise UserError(_client_error(e)) from None
+
+    def list_dumps(self) -> list[dict[str, Any]]:
+        try:
+            return [dict(d) for d in self._proxy.ListDumps()]
+        except GLib.Error as e:
+            raise UserError(_client_error(e)) from None
+
+    def call_and_wait(self, action: Callable[[Any], None], timeout_s: int = 300) -> dict[str, Any]:
+        """Call Reload or Unload, then wait until the daemon has finished the work."""
+        loop = GLib.MainLoop()
+
+        def changed(_iface: str, props: dict[str, Any], _invalid: list[str]) -> None:
+            if props.get("State", "loading") != "loading":
+                loop.quit()
+
+        def expired() -> bool:
+            loop.quit()
+            return False
+
+        # Subscribe before calling, so the end of a quick reload cannot be missed.
+        subscription = self._bus.subscribe(
+            sender=BUS_NAME, iface="org.freedesktop.DBus.Properties", signal="PropertiesChanged",
+            object=OBJECT_PATH, signal_fired=lambda *a: changed(*a[4]),
+        )
+        try:
+            action(self._proxy)
+            if self.status()["State"] == "loading":
+                GLib.timeout_add_seconds(timeout_s, expired)
+                loop.run()
+        except GLib.Error as e:
+            raise UserError(_client_error(e)) from None
+        finally:
+            subscription.unsubscribe()
+        status = self.status()
+        if status["State"] == "loading":
+            raise UserError(f"the daemon did not finish within {timeout_s} s")
+        return status
+
+
+def _client_error(e: GLib.Error) -> str:
+    text = e.message
+    if "ServiceUnknown" in text or "NameHasNoOwner" in text:
+        return f"the kdumpd daemon is not running ({BUS_NAME} has no owner on the system bus)"
+    if "AccessDenied" in text:
+        return "permission denied: " + text.rsplit(": ", 1)[-1]
+    if "FileNotFound" in text or "NoServer" in text or "Could not connect" in text:
+        return f"cannot reach the system bus: {text}"
+    return text

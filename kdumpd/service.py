@@ -1,0 +1,255 @@
+"""The daemon's core: decide what to load, load it, and never end up less protected.
+
+Nothing here knows about D-Bus or GLib. The D-Bus layer calls reload()/unload() from one
+worker thread and learns about changes through the on_change callback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdumpd import bzimage, cmdline, config, journal, kernels, reservation
+from kdumpd.loader import Image, Kexec, KexecError, snapshot
+from kdumpd.sizes import format_size, human_size
+
+STATES = ("loaded", "not-loaded", "loading", "failed", "no-reservation", "unsupported")
+
+
+@dataclass(frozen=True)
+class Status:
+    """What the D-Bus properties show; names match them."""
+
+    State: str = "not-loaded"
+    CrashKernelLoaded: bool = False
+    ReservedBytes: int = 0
+    RecommendedBytes: int = 0
+    KernelVersion: str = ""
+    KernelImage: str = ""
+    Initrd: str = ""
+    CommandLine: str = ""
+    LastLoadUsec: int = 0
+    LastError: str = ""
+    ConfigPath: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Loaded:
+    """A crash kernel we loaded, kept as private copies so it can be loaded again."""
+
+    version: str
+    kernel: Image
+    initrd: Image | None
+    cmdline: str
+
+    def close(self) -> None:
+        self.kernel.close()
+        if self.initrd:
+            self.initrd.close()
+
+
+class Failure(Exception):
+    """A reload that stopped before the syscall; state says which kind."""
+
+    def __init__(self, state: str, message: str) -> None:
+        super().__init__(message)
+        self.state = state
+
+
+def now_usec() -> int:
+    return time.clock_gettime_ns(time.CLOCK_REALTIME) // 1000
+
+
+class Daemon:
+    def __init__(
+        self,
+        config_path: Path,
+        kexec: Kexec,
+        sysroot: Path = Path("/"),
+        on_change: Callable[[dict[str, Any]], None] = lambda changed: None,
+    ) -> None:
+        self.config_path = config_path
+        self.kexec = kexec
+        self.sysroot = sysroot
+        self.on_change = on_change
+        self.status = Status(ConfigPath=str(config_path))
+        self.config: config.Config | None = None
+        self.good: Loaded | None = None
+        self._lock = threading.Lock()
+
+    def _set(self, **changes: Any) -> None:
+        # The D-Bus thread and the worker both report; the lock keeps updates whole.
+        with self._lock:
+            old = self.status
+            self.status = dataclasses.replace(old, **changes)
+        changed = {k: v for k, v in changes.items() if getattr(old, k) != v}
+        if changed:
+            self.on_change(changed)
+
+    def mark_loading(self) -> None:
+        """Called before a reload is queued, so a client that asked sees it at once."""
+        self._set(State="loading")
+
+    def refresh(self) -> Status:
+        """Re-read the kernel's view; someone may have used kexec -p -u behind our back."""
+        loaded = self.kexec.loaded()
+        if loaded != self.status.CrashKernelLoaded:
+            changes: dict[str, Any] = {"CrashKernelLoaded": loaded}
+            if not loaded and self.status.State == "loaded":
+                changes["State"] = "not-loaded"
+            self._set(**changes)
+        return self.status
+
+    def reload(self) -> None:
+        """Re-read the config, re-check the reservation, load the crash kernel."""
+        self.mark_loading()
+        try:
+            self._reload()
+        except Failure as failure:
+            self._fail(failure.state, str(failure))
+
+    def _fail(self, state: str, message: str) -> None:
+        # Whatever went wrong, a crash kernel that is still loaded keeps the machine covered.
+        loaded = self.kexec.loaded()
+        journal.send(journal.ERR, message, journal.MSG_LOAD_FAILED, kdumpd_state=state)
+        self._set(State="loaded" if loaded else state, CrashKernelLoaded=loaded, LastError=message)
+
+    def _read_config(self) -> config.Config:
+        try:
+            cfg = config.load(self.config_path)
+        except config.ConfigError as e:
+            keep = " (the crash kernel that is loaded stays loaded)" if self.kexec.loaded() else ""
+            for problem in e.problems:
+                journal.send(
+                    journal.ERR, f"config: {problem}", journal.MSG_CONFIG_ERROR,
+                    config_file=problem.path, config_line=problem.line, config_key=problem.key,
+                )
+            raise Failure("failed", f"configuration error: {e}{keep}") from None
+        self.config = cfg
+        return cfg
+
+    def _reload(self) -> None:
+        cfg = self._read_config()
+        if not self.kexec.supported():
+            raise Failure(
+                "unsupported",
+                f"this kernel cannot load a crash kernel with kexec_file_load on "
+                f"{self.kexec.machine} ({self.sysroot / 'sys/kernel/kexec_crash_loaded'} "
+                "is missing: CONFIG_KEXEC_FILE/CONFIG_CRASH_DUMP off)",
+            )
+        try:
+            files, note = kernels.choose(cfg, platform.release(), self.sysroot)
+        except kernels.KernelNotFound as e:
+            raise Failure("failed", str(e)) from None
+        if note:
+            journal.send(journal.WARNING, note, kernel_version=files.version)
+        res = reservation.read_reservation(self.sysroot)
+        recommended = reservation.recommended_bytes(
+            res.ram_bytes, files.image.stat().st_size, files.initrd.stat().st_size
+            if files.initrd else 0,
+        )
+        self._set(ReservedBytes=res.reserved_bytes, RecommendedBytes=recommended)
+        verdict = reservation.assess(res, recommended, cfg.min_reservation)
+        warning = ""
+        if verdict.state in ("none", "too-small"):
+            journal.send(journal.ERR, verdict.message, journal.MSG_RESERVATION)
+            state = "no-reservation" if verdict.state == "none" else "failed"
+            raise Failure(state, f"{verdict.message} Set {verdict.suggestion} on the kernel "
+                          "command line and reboot.")
+        if verdict.state == "below-recommended":
+            warning = f"warning: {verdict.message} Set {verdict.suggestion}."
+            journal.send(journal.WARNING, warning, journal.MSG_RESERVATION)
+        new = self._prepare(files, cfg)
+        self._load(new, warning, note)
+
+    def _prepare(self, files: kernels.KernelFiles, cfg: config.Config) -> Loaded:
+        try:
+            kernel = snapshot(files.image)
+            initrd = snapshot(files.initrd) if files.initrd else None
+        except OSError as e:
+            raise Failure("failed", f"cannot read {e.filename}: {e.strerror}") from None
+        try:
+            running = (self.sysroot / "proc/cmdline").read_text().strip()
+            limit = bzimage.cmdline_max(os.pread(kernel.fd, 0x8000, 0))
+            line = cmdline.build(
+                running, cfg.cmdline_remove, cfg.cmdline_append, self.kexec.machine, limit
+            )
+        except (OSError, cmdline.CmdlineTooLong) as e:
+            kernel.close()
+            if initrd:
+                initrd.close()
+            raise Failure("failed", str(e)) from None
+        return Loaded(files.version, kernel, initrd, line)
+
+    def _load(self, new: Loaded, warning: str, note: str) -> None:
+        try:
+            self.kexec.load(new.kernel, new.initrd, new.cmdline)
+        except KexecError as e:
+            new.close()
+            message = f"{e.strerror} [{new.kernel.path}, {new.initrd.path if new.initrd else ''}]"
+            self._restore(message)
+            return
+        if self.good:
+            self.good.close()
+        self.good = new
+        loaded = self.kexec.loaded()
+        sizes = f"kernel {human_size(new.kernel.size)}"
+        if new.initrd:
+            sizes += f", initrd {human_size(new.initrd.size)}"
+        journal.send(
+            journal.INFO,
+            f"crash kernel {new.version} loaded ({sizes}) into a "
+            f"{format_size(self.status.ReservedBytes)} reservation",
+            journal.MSG_LOADED, kernel_version=new.version, kernel_image=new.kernel.path,
+            initrd=new.initrd.path if new.initrd else "", kernel_cmdline=new.cmdline,
+        )
+        self._set(
+            State="loaded" if loaded else "failed",
+            CrashKernelLoaded=loaded,
+            KernelVersion=new.version,
+            KernelImage=str(new.kernel.path),
+            Initrd=str(new.initrd.path) if new.initrd else "",
+            CommandLine=new.cmdline,
+            LastLoadUsec=now_usec(),
+            LastError=" ".join(filter(None, (warning, note))) if loaded else
+            "the kernel accepted the crash kernel but reports none loaded",
+        )
+
+    def _restore(self, message: str) -> None:
+        """The failed load freed the old image; load the last good copy again at once."""
+        good = self.good
+        if good is None:
+            raise Failure("failed", message)
+        try:
+            self.kexec.load(good.kernel, good.initrd, good.cmdline)
+        except KexecError as e:
+            self.good = None
+            good.close()
+            raise Failure("failed", f"{message}; loading the previous crash kernel "
+                          f"{good.version} again also failed: {e.strerror}") from None
+        raise Failure("loaded", f"{message}; the previous crash kernel {good.version} "
+                      "was loaded again")
+
+    def unload(self) -> None:
+        try:
+            self.kexec.unload()
+        except KexecError as e:
+            self._set(CrashKernelLoaded=self.kexec.loaded(), LastError=str(e.strerror))
+            raise
+        if self.good:
+            self.good.close()
+            self.good = None
+        journal.send(journal.NOTICE, "crash kernel unloaded", journal.MSG_UNLOADED)
+        loaded = self.kexec.loaded()
+        self._set(State="loaded" if loaded else "not-loaded", CrashKernelLoaded=loaded,
+                  LastError="")

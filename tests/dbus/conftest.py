@@ -1,0 +1,122 @@
+"""A real dbus-daemon with the system bus's rules and the project's policy file."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.fakes import make_sysroot
+
+ROOT = Path(__file__).parents[2]
+NOBODY = 65534
+POLKIT_POLICY = Path("/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf")
+
+
+def _bus_config(workdir: Path) -> Path:
+    """Debian's system.conf, listening in workdir, reading only our policy (and polkit's)."""
+    text = Path("/usr/share/dbus-1/system.conf").read_text()
+    for drop in (r"<user>.*?</user>", r"<fork/>", r"<pidfile>.*?</pidfile>", r"<syslog/>",
+                 r"<standard_system_servicedirs/>", r"<servicehelper>.*?</servicehelper>",
+                 r"<includedir>.*?</includedir>", r"<include [^>]*>.*?</include>"):
+        text = re.sub(drop, "", text)
+    policies = workdir / "system.d"
+    policies.mkdir()
+    shutil.copy(ROOT / "conf/org.kdumpd.Kdump1.conf", policies)
+    if POLKIT_POLICY.exists():
+        shutil.copy(POLKIT_POLICY, policies)
+    # As in system.conf, service policies come last so that they can punch holes.
+    text = re.sub(r"<listen>.*?</listen>", f"<listen>unix:path={workdir}/bus</listen>", text)
+    text = text.replace("</busconfig>", f"<includedir>{policies}</includedir></busconfig>")
+    path = workdir / "bus.conf"
+    path.write_text(text)
+    return path
+
+
+@dataclass
+class Bus:
+    address: str
+    env: dict[str, str]
+    workdir: Path
+
+    def run(self, *args: str, user: int | None = None, check: bool = False,
+            ) -> subprocess.CompletedProcess[str]:
+        prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
+        return subprocess.run([*prefix, *args], env=self.env, capture_output=True, text=True,
+                              check=check, timeout=60)
+
+    def busctl(self, *args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
+        return self.run("busctl", f"--address={self.address}", *args, user=user)
+
+    def kdumpd(self, *args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
+        return self.run(sys.executable, "-m", "kdumpd.cli", *args, user=user)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def bus() -> Iterator[Bus]:
+    # Readable by the unprivileged test user, unlike pytest's tmp_path.
+    workdir = Path(tempfile.mkdtemp(prefix="kdumpd-bus-"))
+    workdir.chmod(0o755)
+    proc = subprocess.Popen(["dbus-daemon", f"--config-file={_bus_config(workdir)}", "--nofork",
+                             "--print-address=1"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    address = proc.stdout.readline().strip()
+    env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=address, PYTHONPATH=str(ROOT))
+    env.pop("NOTIFY_SOCKET", None)
+    try:
+        yield Bus(address, env, workdir)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass
+class Service:
+    bus: Bus
+    sysroot: Path
+    config: Path
+    proc: subprocess.Popen[str]
+
+    def state(self) -> str:
+        out = self.bus.busctl("get-property", "org.kdumpd.Kdump1", "/org/kdumpd/Kdump1",
+                              "org.kdumpd.Kdump1", "State").stdout
+        return out.split('"')[1] if '"' in out else ""
+
+    def wait_state(self, *states: str, timeout: float = 30) -> None:
+        wait_until(lambda: self.state() in states, timeout, f"State in {states}")
+
+
+@pytest.fixture
+def service(bus: Bus) -> Iterator[Service]:
+    sysroot = make_sysroot(bus.workdir / "root", running=os.uname().release,
+                           versions=(os.uname().release,))
+    config = bus.workdir / "kdumpd.yaml"
+    config.write_text("dump_path: " + str(bus.workdir / "crash") + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "tests.dbus.fake_daemon", str(sysroot),
+                             str(config)], env=bus.env, stderr=subprocess.PIPE, text=True)
+    svc = Service(bus, sysroot, config, proc)
+    try:
+        svc.wait_state("loaded", "failed", "no-reservation")
+        yield svc
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+        print(err, file=sys.stderr)

@@ -1,0 +1,168 @@
+"""The daemon's D-Bus API on a real dbus-daemon with the project's policy, called like busctl."""
+
+from __future__ import annotations
+
+import json
+import pwd
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from gi.repository import GLib
+from pydbus import connect
+
+from tests.dbus.conftest import NOBODY, Bus, Service, wait_until
+
+NAME = "org.kdumpd.Kdump1"
+PATH = "/org/kdumpd/Kdump1"
+
+
+def get(svc: Service, prop: str, user: int | None = None) -> str:
+    r = svc.bus.busctl("get-property", NAME, PATH, NAME, prop, user=user)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def status(svc: Service) -> dict[str, Any]:
+    r = svc.bus.kdumpd("status", "--json")
+    result: dict[str, Any] = json.loads(r.stdout)
+    return result
+
+
+def test_introspection_shows_the_spec_api(service: Service) -> None:
+    out = service.bus.busctl("introspect", NAME, PATH, NAME).stdout
+    for member in ("GetStatus", "ListDumps", "Reload", "Unload"):
+        assert f".{member}" in out
+    for prop, sig in (("State", "s"), ("CrashKernelLoaded", "b"), ("ReservedBytes", "t"),
+                      ("RecommendedBytes", "t"), ("KernelVersion", "s"), ("KernelImage", "s"),
+                      ("Initrd", "s"), ("CommandLine", "s"), ("LastLoadUsec", "t"),
+                      ("LastError", "s"), ("ConfigPath", "s")):
+        assert any(line.split()[:3] == [f".{prop}", "property", sig] for line in out.splitlines())
+
+
+def test_anyone_can_read_the_status(service: Service) -> None:
+    assert get(service, "State", user=NOBODY) == 's "loaded"'
+    assert get(service, "CrashKernelLoaded", user=NOBODY) == "b true"
+    assert get(service, "ReservedBytes") == f"t {256 << 20}"
+    r = service.bus.busctl("call", NAME, PATH, NAME, "GetStatus", user=NOBODY)
+    assert r.returncode == 0, r.stderr
+    assert '"State" s "loaded"' in r.stdout and '"CrashKernelLoaded" b true' in r.stdout
+    r = service.bus.busctl("call", NAME, PATH, NAME, "ListDumps", user=NOBODY)
+    assert r.returncode == 0 and r.stdout.strip() == "aa{sv} 0"
+
+
+@pytest.mark.parametrize("method", ["Reload", "Unload"])
+def test_others_are_denied_the_privileged_methods(service: Service, method: str) -> None:
+    before = get(service, "LastLoadUsec")
+    r = service.bus.busctl("call", NAME, PATH, NAME, method, user=NOBODY)
+    assert r.returncode != 0
+    assert "Access denied" in r.stderr or "AccessDenied" in r.stderr, r.stderr
+    assert get(service, "State") == 's "loaded"'
+    assert get(service, "LastLoadUsec") == before
+
+
+def test_unprivileged_cli_gets_a_one_line_error(service: Service) -> None:
+    r = service.bus.kdumpd("unload", user=NOBODY)
+    assert r.returncode == 1
+    assert r.stderr.startswith("kdumpd unload: permission denied") and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_polkit_can_authorize_others(service: Service) -> None:
+    import dbusmock
+
+    # The polkit mock runs as polkitd, the only user polkit's bus policy lets own its name.
+    uid = pwd.getpwnam("polkitd").pw_uid
+    mock = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                             "/usr/bin/python3", "-m", "dbusmock", "--system", "--template",
+                             "polkitd"], env=service.bus.env, stdout=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: service.bus.busctl("status", "org.freedesktop.PolicyKit1").returncode
+                   == 0, 30, "the polkit mock")
+        polkit = connect(service.bus.address).get("org.freedesktop.PolicyKit1",
+                                                  "/org/freedesktop/PolicyKit1/Authority")
+        polkit[dbusmock.MOCK_IFACE].SetAllowed(["org.kdumpd.Kdump1.reload"])
+        before = int(get(service, "LastLoadUsec").split()[1])
+        r = service.bus.busctl("call", NAME, PATH, NAME, "Reload", user=NOBODY)
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: int(get(service, "LastLoadUsec").split()[1]) > before, 30, "reload")
+        r = service.bus.busctl("call", NAME, PATH, NAME, "Unload", user=NOBODY)
+        assert "Access denied" in r.stderr or "AccessDenied" in r.stderr, r.stderr
+    finally:
+        mock.terminate()
+        mock.wait(timeout=10)
+
+
+def test_reload_emits_properties_changed(service: Service) -> None:
+    bus = connect(service.bus.address)
+    seen: list[dict[str, Any]] = []
+    loop = GLib.MainLoop()
+
+    def fired(*args: Any) -> None:
+        iface, changed, _ = args[4]
+        assert iface == NAME
+        seen.append(changed)
+        if changed.get("State") == "loaded":
+            loop.quit()
+
+    bus.subscribe(sender=NAME, iface="org.freedesktop.DBus.Properties",
+                  signal="PropertiesChanged", object=PATH, signal_fired=fired)
+    bus.get(NAME, PATH).Reload()
+    GLib.timeout_add_seconds(30, loop.quit)
+    loop.run()
+    assert {"State": "loading"} in seen
+    assert any(c.get("State") == "loaded" and "LastLoadUsec" in c for c in seen), seen
+
+
+def test_cli_status_reload_unload_exit_codes(service: Service) -> None:
+    r = service.bus.kdumpd("status")
+    assert r.returncode == 0 and "State:" in r.stdout and "loaded" in r.stdout
+    r = service.bus.kdumpd("unload")
+    assert r.returncode == 0, r.stderr
+    assert get(service, "CrashKernelLoaded") == "b false"
+    assert (service.sysroot / "sys/kernel/kexec_crash_loaded").read_text().strip() == "0"
+    r = service.bus.kdumpd("status")
+    assert r.returncode == 3 and "not-loaded" in r.stdout
+    r = service.bus.kdumpd("reload")
+    assert r.returncode == 0, r.stderr
+    assert status(service)["State"] == "loaded"
+
+
+def test_broken_config_keeps_the_crash_kernel(service: Service) -> None:
+    before = status(service)
+    service.config.write_text("dump_level: 31\nfinal_action: explode\n")
+    r = service.bus.kdumpd("reload")
+    assert r.returncode == 0  # still loaded: the old crash kernel protects the machine
+    after = status(service)
+    assert after["State"] == "loaded" and after["CrashKernelLoaded"]
+    assert f"{service.config}:2: final_action: 'explode'" in after["LastError"]
+    assert after["LastLoadUsec"] == before["LastLoadUsec"]
+    service.config.write_text("")
+    assert service.bus.kdumpd("reload").returncode == 0
+    assert status(service)["LastError"] == ""
+
+
+def test_sighup_reloads(service: Service) -> None:
+    before = status(service)["LastLoadUsec"]
+    service.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: status(service)["LastLoadUsec"] > before, 30, "a reload after SIGHUP")
+    assert status(service)["State"] == "loaded"
+
+
+def test_the_name_is_not_taken_over(service: Service, bus: Bus) -> None:
+    r = bus.run(sys.executable, "-m", "tests.dbus.fake_daemon", str(service.sysroot),
+                str(service.config))
+    assert r.returncode == 1 and "cannot own org.kdumpd.Kdump1" in r.stderr
+    r = bus.run(sys.executable, "-m", "tests.dbus.fake_daemon", str(service.sysroot),
+                str(service.config), user=NOBODY)
+    assert r.returncode == 1
+    assert service.proc.poll() is None and get(service, "State") == 's "loaded"'
+
+
+def test_cli_without_a_daemon_is_one_line(bus: Bus) -> None:
+    r = bus.kdumpd("status")
+    assert r.returncode == 1
+    assert r.stderr.strip() == ("kdumpd status: the kdumpd daemon is not running "
+                                "(org.kdumpd.Kdump1 has no owner on the system bus)")

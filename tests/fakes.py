@@ -1,0 +1,79 @@
+"""A fake machine for logic tests: a sysroot tree and a kexec whose kernel is a file.
+
+The real syscall is exercised in the VM tests; this fake mimics the kernel's rules that the
+daemon depends on: a crash load first frees the loaded image, and garbage is refused.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from kdumpd.loader import KEXEC_FILE_ON_CRASH, KEXEC_FILE_UNLOAD, Kexec, KexecError
+
+GIB = 1 << 30
+MIB = 1 << 20
+KERNEL = b"MZ fake kernel image " * 512
+INITRD = b"\x1f\x8b fake initrd " * 4096
+
+
+def make_sysroot(
+    root: Path,
+    cmdline: str = "root=/dev/vda rw console=ttyS0 crashkernel=256M",
+    reserved: int = 256 * MIB,
+    ram: int = 1 * GIB,
+    versions: tuple[str, ...] = ("6.1.0-28-amd64",),
+    running: str = "6.1.0-28-amd64",
+) -> Path:
+    (root / "proc").mkdir(parents=True, exist_ok=True)
+    (root / "sys/kernel").mkdir(parents=True, exist_ok=True)
+    (root / "boot").mkdir(exist_ok=True)
+    (root / "proc/cmdline").write_text(f"BOOT_IMAGE=/boot/vmlinuz-{running} {cmdline}\n")
+    (root / "proc/meminfo").write_text(f"MemTotal:       {(ram - 64 * MIB) // 1024} kB\n")
+    crash = f"    2f000000-{0x2F000000 + reserved - 1:08x} : Crash kernel\n" if reserved else ""
+    (root / "proc/iomem").write_text(
+        "00000000-00000fff : Reserved\n"
+        f"00100000-{ram - 1:08x} : System RAM\n"
+        "  01000000-01ffffff : Kernel code\n" + crash
+    )
+    (root / "sys/kernel/kexec_crash_size").write_text(f"{reserved}\n")
+    (root / "sys/kernel/kexec_crash_loaded").write_text("0\n")
+    for v in versions:
+        (root / f"boot/vmlinuz-{v}").write_bytes(KERNEL)
+        (root / f"boot/initrd.img-{v}").write_bytes(INITRD)
+    return root
+
+
+class FakeKexec(Kexec):
+    """Kexec whose syscall is simulated against the sysroot's kexec_crash_loaded."""
+
+    def __init__(self, sysroot: Path) -> None:
+        super().__init__(sysroot, machine="x86_64")
+        self.calls: list[str] = []
+        self.loaded_kernel = b""
+
+    def _set_loaded(self, loaded: bool) -> None:
+        (self.sysroot / "sys/kernel/kexec_crash_loaded").write_text("1\n" if loaded else "0\n")
+
+    def _call(
+        self, what: str, kernel_fd: int, initrd_fd: int, cmdline: bytes | None, flags: int
+    ) -> None:
+        if flags & KEXEC_FILE_UNLOAD:
+            self.calls.append("unload")
+            self._set_loaded(False)
+            return
+        assert flags & KEXEC_FILE_ON_CRASH
+        assert cmdline is not None and cmdline.endswith(b"\0")
+        # As in kernel/kexec_file.c: the loaded crash image is freed before the new one is read.
+        self._set_loaded(False)
+        kernel = os.pread(kernel_fd, 1 << 20, 0)
+        initrd = os.pread(initrd_fd, 1 << 20, 0) if initrd_fd >= 0 else b""
+        self.calls.append(f"load {len(kernel)} {len(initrd)}")
+        reserved = int((self.sysroot / "sys/kernel/kexec_crash_size").read_text())
+        if not kernel.startswith(b"MZ"):
+            raise KexecError(errno.ENOEXEC, what)
+        if reserved < len(kernel) + len(initrd):
+            raise KexecError(errno.EADDRNOTAVAIL, what)
+        self.loaded_kernel = kernel
+        self._set_loaded(True)

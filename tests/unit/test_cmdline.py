@@ -1,0 +1,61 @@
+"""Building the capture kernel's command line."""
+
+import pytest
+
+from kdumpd import cmdline
+
+DEBIAN = "BOOT_IMAGE=/boot/vmlinuz-6.1.0-28-amd64 root=UUID=1234 ro quiet crashkernel=256M"
+
+
+def test_removes_what_must_not_reach_the_crash_kernel() -> None:
+    line = cmdline.build(
+        DEBIAN + " hugepages=64 hugepagesz=2M default_hugepagesz=2M nr_cpus=4 "
+        "systemd.unit=graphical.target log_buf_len=1M"
+    )
+    params = cmdline.split(line)
+    assert "root=UUID=1234" in params and "ro" in params
+    for gone in ("quiet", "crashkernel", "hugepages", "hugepagesz", "default_hugepagesz",
+                 "BOOT_IMAGE", "log_buf_len"):
+        assert gone not in [cmdline.name(p) for p in params], gone
+    assert params.count("nr_cpus=1") == 1 and "nr_cpus=4" not in params
+    assert "systemd.unit=kdumpd-capture.target" in params
+    assert "systemd.unit=graphical.target" not in params
+
+
+def test_adds_what_capture_needs() -> None:
+    params = cmdline.split(cmdline.build(DEBIAN))
+    for needed in ("irqpoll", "nr_cpus=1", "reset_devices", "mce=off", "panic=10"):
+        assert needed in params
+
+
+def test_x86_only_parameters_stay_off_other_machines() -> None:
+    params = cmdline.split(cmdline.build(DEBIAN, machine="aarch64"))
+    assert "mce=off" not in params and "irqpoll" in params
+
+
+def test_user_remove_and_append() -> None:
+    line = cmdline.build(
+        DEBIAN + " console=tty0 console=ttyS0,115200",
+        remove=("console=tty0",),
+        append=("nr_cpus=2", "kdump.test=1"),
+    )
+    params = cmdline.split(line)
+    assert "console=tty0" not in params and "console=ttyS0,115200" in params
+    assert "nr_cpus=2" in params and "nr_cpus=1" not in params
+    assert params[-1] == "kdump.test=1"
+
+
+def test_quotes_and_init_arguments() -> None:
+    line = cmdline.build('root=/dev/vda dyndbg="file foo.c +p" crashkernel=128M -- single')
+    assert 'dyndbg="file foo.c +p"' in cmdline.split(line)
+    assert "single" not in line and "--" not in cmdline.split(line)
+
+
+def test_too_long_is_refused_with_numbers() -> None:
+    long = DEBIAN + " " + " ".join(f"opt{i}=value{i}" for i in range(200))
+    with pytest.raises(cmdline.CmdlineTooLong, match=r"the kernel accepts 2047"):
+        cmdline.build(long)
+    short_limit = len(cmdline.build(DEBIAN)) + cmdline.ELFCOREHDR_RESERVE
+    assert cmdline.build(DEBIAN, max_len=short_limit)
+    with pytest.raises(cmdline.CmdlineTooLong):
+        cmdline.build(DEBIAN, max_len=short_limit - 1)

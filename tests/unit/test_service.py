@@ -1,0 +1,148 @@
+"""The daemon's decisions, on a fake machine: load, refuse, and never end up less protected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdumpd.service import Daemon
+from tests.fakes import GIB, KERNEL, MIB, FakeKexec, make_sysroot
+
+V = "6.1.0-28-amd64"
+
+
+class Machine:
+    def __init__(self, tmp_path: Path, **sysroot: Any) -> None:
+        self.root = make_sysroot(tmp_path / "root", **sysroot)
+        self.config = tmp_path / "kdumpd.yaml"
+        self.config.write_text("")
+        self.kexec = FakeKexec(self.root)
+        self.changes: list[dict[str, Any]] = []
+        self.daemon = Daemon(self.config, self.kexec, self.root, self.changes.append)
+
+    def kernel_says_loaded(self) -> bool:
+        return (self.root / "sys/kernel/kexec_crash_loaded").read_text().strip() == "1"
+
+
+@pytest.fixture(autouse=True)
+def running_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("platform.release", lambda: V)
+
+
+def test_loads_the_running_kernel(tmp_path: Path) -> None:
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    s = m.daemon.status
+    assert s.State == "loaded" and s.CrashKernelLoaded and m.kernel_says_loaded()
+    assert s.KernelVersion == V
+    assert s.KernelImage == str(m.root / f"boot/vmlinuz-{V}")
+    assert s.Initrd == str(m.root / f"boot/initrd.img-{V}")
+    assert "crashkernel" not in s.CommandLine and "nr_cpus=1" in s.CommandLine
+    assert s.ReservedBytes == 256 * MIB and s.RecommendedBytes > 0
+    assert s.LastLoadUsec > 0 and s.LastError == ""
+    assert {"State": "loaded"} in [{k: v} for c in m.changes for k, v in c.items()]
+
+
+def test_no_reservation_is_a_state_with_advice(tmp_path: Path) -> None:
+    m = Machine(tmp_path, cmdline="root=/dev/vda rw", reserved=0)
+    m.daemon.reload()
+    s = m.daemon.status
+    assert s.State == "no-reservation" and not s.CrashKernelLoaded
+    assert "crashkernel=" in s.LastError
+    assert m.kexec.calls == []
+
+
+def test_below_minimum_is_refused(tmp_path: Path) -> None:
+    m = Machine(tmp_path, cmdline="root=/dev/vda crashkernel=128M", reserved=128 * MIB)
+    m.config.write_text("min_reservation: 192M\n")
+    m.daemon.reload()
+    assert m.daemon.status.State == "failed"
+    assert "crashkernel=" in m.daemon.status.LastError
+    assert m.kexec.calls == []
+
+
+def test_broken_config_keeps_the_loaded_kernel(tmp_path: Path) -> None:
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    first = m.daemon.status
+    m.config.write_text("dump_level: 31\nkeep_dumps: lots\n")
+    m.daemon.reload()
+    s = m.daemon.status
+    assert s.State == "loaded" and s.CrashKernelLoaded and m.kernel_says_loaded()
+    assert "keep_dumps" in s.LastError and f"{m.config}:2" in s.LastError
+    assert s.LastLoadUsec == first.LastLoadUsec
+    assert m.kexec.calls == ["load 10752 61440"]
+
+
+def test_broken_config_with_nothing_loaded_fails(tmp_path: Path) -> None:
+    m = Machine(tmp_path)
+    m.config.write_text("bogus_key: 1\n")
+    m.daemon.reload()
+    assert m.daemon.status.State == "failed"
+    assert "bogus_key: unknown key" in m.daemon.status.LastError
+
+
+def test_refused_kernel_brings_back_the_last_good_one(tmp_path: Path) -> None:
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    (m.root / f"boot/vmlinuz-{V}").write_bytes(b"garbage")
+    m.daemon.reload()
+    s = m.daemon.status
+    assert s.State == "loaded" and s.CrashKernelLoaded and m.kernel_says_loaded()
+    assert "does not recognise the image format" in s.LastError
+    assert "previous crash kernel" in s.LastError
+    assert m.kexec.loaded_kernel == KERNEL[: 1 << 20]
+    assert m.kexec.calls == ["load 10752 61440", "load 7 61440", "load 10752 61440"]
+
+
+def test_refused_kernel_with_no_previous_one_fails(tmp_path: Path) -> None:
+    m = Machine(tmp_path)
+    (m.root / f"boot/vmlinuz-{V}").write_bytes(b"garbage")
+    m.daemon.reload()
+    assert m.daemon.status.State == "failed" and not m.kernel_says_loaded()
+
+
+def test_too_small_for_the_images_is_explained(tmp_path: Path) -> None:
+    m = Machine(tmp_path, cmdline="root=/dev/vda crashkernel=64K", reserved=64 * 1024)
+    m.daemon.reload()
+    s = m.daemon.status
+    assert s.State == "failed"
+    assert "do not fit in the crashkernel= reservation" in s.LastError
+
+
+def test_unsupported_kernel(tmp_path: Path) -> None:
+    m = Machine(tmp_path)
+    (m.root / "sys/kernel/kexec_crash_loaded").unlink()
+    m.daemon.reload()
+    assert m.daemon.status.State == "unsupported"
+    assert "CONFIG_KEXEC_FILE" in m.daemon.status.LastError
+
+
+def test_unload_and_refresh_tell_the_truth(tmp_path: Path) -> None:
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    m.daemon.unload()
+    assert m.daemon.status.State == "not-loaded" and not m.kernel_says_loaded()
+    m.daemon.reload()
+    # Someone unloads behind the daemon's back (kexec -p -u): the next read notices.
+    (m.root / "sys/kernel/kexec_crash_loaded").write_text("0\n")
+    s = m.daemon.refresh()
+    assert s.State == "not-loaded" and not s.CrashKernelLoaded
+
+
+def test_removed_kernel_falls_back_to_another(tmp_path: Path) -> None:
+    m = Machine(tmp_path, versions=(V, "6.1.0-30-amd64"))
+    m.config.write_text("kernel: 6.1.0-99-amd64\n")
+    m.daemon.reload()
+    s = m.daemon.status
+    assert s.State == "loaded" and s.KernelVersion == V
+    assert "no kernel image for 6.1.0-99-amd64" in s.LastError
+
+
+def test_latest(tmp_path: Path) -> None:
+    m = Machine(tmp_path, versions=(V, "6.1.0-30-amd64", "6.1.0-9-amd64"), ram=2 * GIB)
+    m.config.write_text("kernel: latest\n")
+    m.daemon.reload()
+    assert m.daemon.status.KernelVersion == "6.1.0-30-amd64"
