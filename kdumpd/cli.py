@@ -17,6 +17,8 @@ from kdumpd.sizes import SizeError, format_size, human_size, parse_size
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_NOT_LOADED = 3  # like `systemctl is-active`
+# Dumps already announced in the journal (StateDirectory=kdumpd in the unit).
+ANNOUNCED = Path("/var/lib/kdumpd/announced-dumps")
 
 
 def _print_json(value: Any) -> None:
@@ -31,11 +33,22 @@ def _when(usec: int) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from kdumpd import dbus_service
+    from kdumpd import capture, dbus_service
     from kdumpd.loader import Kexec
     from kdumpd.service import Daemon
 
+    try:
+        dump_path = config.load(args.config).dump_path
+    except config.ConfigError:
+        dump_path = config.Config().dump_path  # the reload that follows reports the error
+    capture.announce_new(dump_path, ANNOUNCED)
     return dbus_service.serve(Daemon(args.config, Kexec()))
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from kdumpd import capture
+
+    return capture.main(args.config)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -240,6 +253,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("value", nargs="?", metavar="VALUE", help="e.g. 2G-64G:256M,64G-:512M")
     s.set_defaults(func=cmd_crashkernel)
+
+    s = sub.add_parser("capture", help="in the crash kernel: save the dump, then the "
+                       "final action")
+    s.add_argument("--config", **config_arg)
+    s.set_defaults(func=cmd_capture)
 
     s = sub.add_parser("dumps", help="list saved dumps")
     s.add_argument("--json", action="store_true")

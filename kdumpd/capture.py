@@ -1,0 +1,232 @@
+"""`kdumpd capture`: runs in the crash kernel, saves /proc/vmcore with makedumpfile, then
+takes the final action.
+
+The dump is written as vmcore.incomplete and renamed to vmcore only once it is complete
+and synced, so a file named vmcore is always a whole dump.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdumpd import config, dumps, journal, vmcore
+from kdumpd.sizes import human_size
+
+VMCORE = Path("/proc/vmcore")
+COMPRESSION_FLAGS = {"lzo": "-l", "zstd": "-z", "zlib": "-c", "none": ""}
+ACTION_COMMANDS = {
+    # --force: skip stopping services (there are none worth stopping here) but still
+    # unmount or remount file systems read-only, so the dump is safe on disk.
+    "reboot": ["systemctl", "--force", "reboot"],
+    "poweroff": ["systemctl", "--force", "poweroff"],
+    "halt": ["systemctl", "--force", "halt"],
+    "shell": ["systemctl", "--no-block", "isolate", "emergency.target"],
+}
+
+
+class CaptureError(Exception):
+    pass
+
+
+def say(message: str) -> None:
+    """Progress on the console, where whoever watches the crashed machine looks."""
+    print(f"kdumpd: {message}", flush=True)
+
+
+def folder_name(when: float, kernel_version: str) -> str:
+    return time.strftime("%Y-%m-%d-%H%M%S", time.gmtime(when)) + f"-{kernel_version}"
+
+
+def retention_victims(existing: list[dumps.Dump], keep: int) -> list[Path]:
+    """Oldest dumps to delete so that, with the new one, at most `keep` remain (0: keep all)."""
+    if keep <= 0 or len(existing) < keep:
+        return []
+    ordered = sorted(existing, key=lambda d: (d.time_usec, d.path.name))
+    return [d.path for d in ordered[: len(existing) - keep + 1]]
+
+
+def check_space(free_bytes: int, minimum: int, path: Path) -> None:
+    if free_bytes < minimum:
+        raise CaptureError(
+            f"only {human_size(free_bytes)} free on {path}, below min_free_space "
+            f"({human_size(minimum)}); no dump written"
+        )
+
+
+def makedumpfile_command(
+    cfg: config.Config, source: Path, target: Path, supported: set[str]
+) -> tuple[list[str], str]:
+    """The makedumpfile command line, and the compression actually used: a makedumpfile
+    built without the configured one (Debian 12's lacks zstd) falls back to lzo, then zlib."""
+    compression = cfg.compression
+    if compression not in supported:
+        compression = next((c for c in ("lzo", "zlib") if c in supported), "none")
+    flag = COMPRESSION_FLAGS[compression]
+    command = ["makedumpfile", *([flag] if flag else []), "-d", str(cfg.dump_level),
+               "--message-level", "7", *cfg.makedumpfile_args, str(source), str(target)]
+    return command, compression
+
+
+def supported_compressions(version_output: str) -> set[str]:
+    """From `makedumpfile -v`: 'lzo\tenabled', 'zstd\tdisabled', ... (zlib is always built in)."""
+    found = {"zlib", "none"}
+    for line in version_output.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[1] == "enabled" and words[0] in COMPRESSION_FLAGS:
+            found.add(words[0])
+    return found
+
+
+def metadata(
+    *, started: float, finished: float, kernel_version: str, panic: str, cfg: config.Config,
+    compression: str, size: int, error: str,
+) -> dict[str, Any]:
+    return {
+        "time_usec": int(started * 1_000_000),
+        "kernel_version": kernel_version,
+        "panic_message": panic,
+        "dump_level": cfg.dump_level,
+        "compression": compression,
+        "size_bytes": size,
+        "duration_s": round(finished - started, 3),
+        "complete": not error,
+        "error": error,
+    }
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    _fsync(tmp)
+    tmp.rename(path)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Capture:
+    cfg: config.Config
+    source: Path = VMCORE
+
+    def run(self) -> bool:
+        """Save the dump; True when a complete vmcore was written."""
+        started = time.time()
+        with self.source.open("rb") as f:
+            info = vmcore.vmcoreinfo(f)
+        version = info.get("OSRELEASE", os.uname().release)
+        root = self.cfg.dump_path
+        root.mkdir(parents=True, exist_ok=True)
+        for victim in retention_victims(dumps.scan(root), self.cfg.keep_dumps):
+            say(f"removing old dump {victim} (keep_dumps: {self.cfg.keep_dumps})")
+            shutil.rmtree(victim, ignore_errors=True)
+        folder = root / folder_name(started, version)
+        folder.mkdir()
+        say(f"saving the dump of {version} to {folder}")
+        panic, compression, size, error = "", self.cfg.compression, 0, ""
+        try:
+            panic = self._dmesg(folder)
+            stat = os.statvfs(root)
+            check_space(stat.f_bavail * stat.f_frsize, self.cfg.min_free_space, root)
+            size, compression = self._dump(folder)
+        except CaptureError as e:
+            error = str(e)
+            say(f"capture FAILED: {error}")
+        meta = metadata(started=started, finished=time.time(), kernel_version=version,
+                        panic=panic, cfg=self.cfg, compression=compression, size=size,
+                        error=error)
+        _write_json(folder / dumps.METADATA, meta)
+        if not error:
+            say(f"dump saved: {folder / dumps.VMCORE} ({human_size(size)} in "
+                f"{meta['duration_s']} s)")
+        return not error
+
+    def _dmesg(self, folder: Path) -> str:
+        target = folder / dumps.DMESG
+        result = subprocess.run(["makedumpfile", "--dump-dmesg", str(self.source), str(target)],
+                                capture_output=True, text=True)
+        if result.returncode != 0 or not target.exists():
+            say(f"could not extract the kernel log: {result.stderr.strip()}")
+            return ""
+        panic = vmcore.panic_message(target.read_text(errors="replace"))
+        say(f"panic: {panic or 'unknown'}")
+        return panic
+
+    def _dump(self, folder: Path) -> tuple[int, str]:
+        incomplete = folder / dumps.INCOMPLETE
+        version = subprocess.run(["makedumpfile", "-v"], capture_output=True, text=True).stdout
+        command, compression = makedumpfile_command(
+            self.cfg, self.source, incomplete, supported_compressions(version)
+        )
+        if compression != self.cfg.compression:
+            say(f"this makedumpfile has no {self.cfg.compression} support; using {compression}")
+        say(" ".join(command))
+        # makedumpfile's progress goes straight to the console.
+        result = subprocess.run(command, stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
+        if result.returncode != 0:
+            sys.stderr.write(result.stderr)
+            reason = result.stderr.strip().splitlines()[-1:] or [f"exit {result.returncode}"]
+            if "No space left" in result.stderr:
+                incomplete.unlink(missing_ok=True)  # a partial dump must not fill the disk
+                reason = [f"the dump file system is full ({self.cfg.dump_path})"]
+            raise CaptureError(f"makedumpfile failed: {reason[0]}")
+        _fsync(incomplete)
+        incomplete.rename(folder / dumps.VMCORE)
+        _fsync(folder)
+        return (folder / dumps.VMCORE).stat().st_size, compression
+
+
+def main(config_path: Path) -> int:
+    try:
+        cfg = config.load(config_path)
+    except config.ConfigError as e:
+        say(f"configuration error, using the defaults: {e}")
+        cfg = config.Config(path=config_path)
+    if not VMCORE.exists():
+        say(f"{VMCORE} does not exist: this is not a crash kernel; nothing to do")
+        return 1
+    try:
+        ok = Capture(cfg).run()
+    except OSError as e:
+        say(f"capture FAILED: {e}")
+        ok = False
+    action = cfg.final_action if ok else cfg.failure_action
+    say(f"{'capture complete' if ok else 'capture failed'}; {action}")
+    os.sync()
+    subprocess.run(ACTION_COMMANDS[action])
+    return 0 if ok else 1
+
+
+def announce_new(root: Path, state_file: Path) -> None:
+    """On the first start after a capture: one journal entry per dump not announced yet."""
+    try:
+        announced = set(state_file.read_text().split("\n"))
+    except FileNotFoundError:
+        announced = set()
+    found = dumps.scan(root)
+    new = [d for d in found if d.path.name not in announced]
+    for d in new:
+        if d.complete:
+            text = f"a crash dump was saved: {d.path} ({d.kernel_version}: {d.panic_message})"
+        else:
+            text = f"a crash dump could not be saved in {d.path}: {d.error}"
+        journal.send(journal.WARNING if d.complete else journal.ERR, text,
+                     journal.MSG_DUMP_SAVED, dump_path=d.path, kernel_version=d.kernel_version,
+                     panic_message=d.panic_message, dump_complete=int(d.complete))
+    if new or not state_file.exists():
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text("\n".join(sorted(d.path.name for d in found)) + "\n")

@@ -1,0 +1,146 @@
+"""Capture logic that needs no kernel: naming, retention, space, makedumpfile, metadata,
+the panic message, the VMCOREINFO note, and listing dumps."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from kdumpd import capture, config, dumps, vmcore
+
+# Real text from a Debian 12 kernel (6.1) after `echo c > /proc/sysrq-trigger`.
+SYSRQ_DMESG = """\
+[   25.014345] sysrq: Trigger a crash
+[   25.015010] Kernel panic - not syncing: sysrq triggered crash
+[   25.015632] CPU: 1 PID: 512 Comm: sh Not tainted 6.1.0-28-amd64 #1  Debian 6.1.119-1
+[   25.016532] Hardware name: QEMU Standard PC (i440FX + PIIX, 1996), BIOS 1.16.2-debian-1.16.2-1
+[   25.017311] Call Trace:
+[   25.017565]  <TASK>
+[   25.017803]  dump_stack_lvl+0x44/0x5c
+[   25.018162]  panic+0x118/0x2ed
+"""
+OOPS_DMESG = """\
+[  102.331221] BUG: kernel NULL pointer dereference, address: 0000000000000000
+[  102.331887] #PF: supervisor write access in kernel mode
+[  102.332421] Oops: 0002 [#1] PREEMPT SMP NOPTI
+[  102.335121] Kernel panic - not syncing: Fatal exception
+"""
+
+
+def test_panic_message_from_real_dmesg() -> None:
+    assert vmcore.panic_message(SYSRQ_DMESG) == "sysrq triggered crash"
+    assert vmcore.panic_message(OOPS_DMESG) == "Fatal exception"
+    assert vmcore.panic_message(OOPS_DMESG.replace("Kernel panic", "x")) == (
+        "BUG: kernel NULL pointer dereference, address: 0000000000000000")
+    assert vmcore.panic_message("[    0.000000] Linux version 6.1.0\n") == ""
+
+
+def _elf_with_vmcoreinfo(info: bytes) -> bytes:
+    name = b"VMCOREINFO\0"
+    note = struct.pack("<III", len(name), len(info), 0) + name.ljust(12, b"\0")
+    note += info.ljust((len(info) + 3) // 4 * 4, b"\0")
+    other = struct.pack("<III", 5, 4, 1) + b"CORE\0".ljust(8, b"\0") + b"\0" * 4
+    notes = other + note
+    ehdr = bytearray(64)
+    ehdr[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<Q", ehdr, 32, 64)  # e_phoff
+    struct.pack_into("<HH", ehdr, 54, 56, 1)  # e_phentsize, e_phnum
+    phdr = struct.pack("<IIQQQQQQ", 4, 0, 120, 0, 0, len(notes), len(notes), 0)
+    return bytes(ehdr) + phdr + notes
+
+
+def test_vmcoreinfo_note() -> None:
+    core = _elf_with_vmcoreinfo(b"OSRELEASE=6.1.0-28-amd64\nPAGESIZE=4096\n")
+    info = vmcore.vmcoreinfo(io.BytesIO(core))
+    assert info["OSRELEASE"] == "6.1.0-28-amd64" and info["PAGESIZE"] == "4096"
+    assert vmcore.vmcoreinfo(io.BytesIO(b"not an elf file" * 10)) == {}
+
+
+def test_folder_name() -> None:
+    assert capture.folder_name(1795740000.5, "6.1.0-28-amd64") == "2026-11-27-004000-6.1.0-28-amd64"
+
+
+def _dump(root: Path, name: str, usec: int, complete: bool = True) -> dumps.Dump:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / (dumps.VMCORE if complete else dumps.INCOMPLETE)).write_bytes(b"KDUMP   " + b"x" * 8)
+    (folder / dumps.METADATA).write_text(json.dumps({
+        "time_usec": usec, "kernel_version": "6.1.0-28-amd64",
+        "panic_message": "sysrq triggered crash", "error": "" if complete else "disk full"}))
+    return dumps.read(folder)
+
+
+def test_retention_keeps_the_newest(tmp_path: Path) -> None:
+    existing = [_dump(tmp_path, f"d{i}", usec=i * 1000) for i in (3, 1, 2, 5, 4)]
+    victims = capture.retention_victims(existing, keep=3)
+    # with the new dump, three remain: d4, d5 and the new one
+    assert sorted(v.name for v in victims) == ["d1", "d2", "d3"]
+    assert capture.retention_victims(existing, keep=0) == []
+    assert capture.retention_victims(existing, keep=6) == []
+    assert [v.name for v in capture.retention_victims(existing, keep=5)] == ["d1"]
+
+
+def test_free_space() -> None:
+    capture.check_space(64 << 20, 64 << 20, Path("/var/crash"))
+    with pytest.raises(capture.CaptureError, match=r"only 63 MiB free on /var/crash, below "
+                       r"min_free_space \(64 MiB\)"):
+        capture.check_space(63 << 20, 64 << 20, Path("/var/crash"))
+
+
+def test_makedumpfile_command_and_compression_fallback() -> None:
+    cfg = config.Config(compression="zstd", dump_level=17, makedumpfile_args=("--num-threads=1",))
+    debian12 = capture.supported_compressions(
+        "makedumpfile: version 1.7.2 (released on 20 Oct 2022)\nlzo\tenabled\nsnappy\tdisabled\n"
+        "zstd\tdisabled\n")
+    assert debian12 == {"lzo", "zlib", "none"}
+    command, used = capture.makedumpfile_command(cfg, Path("/proc/vmcore"), Path("/d/v"), debian12)
+    assert used == "lzo"
+    assert command == ["makedumpfile", "-l", "-d", "17", "--message-level", "7",
+                       "--num-threads=1", "/proc/vmcore", "/d/v"]
+    command, used = capture.makedumpfile_command(cfg, Path("/p"), Path("/d"), debian12 | {"zstd"})
+    assert used == "zstd" and command[1] == "-z"
+    command, used = capture.makedumpfile_command(
+        config.Config(compression="none"), Path("/p"), Path("/d"), debian12)
+    assert used == "none" and command[1] == "-d"
+
+
+def test_metadata() -> None:
+    meta = capture.metadata(started=100.0, finished=112.25, kernel_version="6.1.0-28-amd64",
+                            panic="sysrq triggered crash", cfg=config.Config(),
+                            compression="lzo", size=123, error="")
+    assert meta == {"time_usec": 100_000_000, "kernel_version": "6.1.0-28-amd64",
+                    "panic_message": "sysrq triggered crash", "dump_level": 31,
+                    "compression": "lzo", "size_bytes": 123, "duration_s": 12.25,
+                    "complete": True, "error": ""}
+
+
+def test_scan_lists_complete_and_incomplete(tmp_path: Path) -> None:
+    _dump(tmp_path, "b", usec=2_000_000, complete=False)
+    _dump(tmp_path, "a", usec=1_000_000)
+    (tmp_path / "unrelated").mkdir()
+    found = dumps.scan(tmp_path)
+    assert [d.path.name for d in found] == ["a", "b"]
+    assert found[0].complete and found[0].size_bytes == 16 and found[0].error == ""
+    assert not found[1].complete and found[1].error == "disk full"
+    assert found[0].as_dict()["PanicMessage"] == "sysrq triggered crash"
+    assert set(found[0].as_dict()) == set(dumps.FIELD_TYPES)
+    assert dumps.scan(tmp_path / "missing") == []
+
+
+def test_announce_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("kdumpd.journal._JOURNAL_SOCKET", str(tmp_path / "no-journal"))
+    state = tmp_path / "state" / "announced"
+    _dump(tmp_path / "crash", "a", usec=1)
+    capture.announce_new(tmp_path / "crash", state)
+    assert "a crash dump was saved" in capsys.readouterr().err
+    capture.announce_new(tmp_path / "crash", state)
+    assert capsys.readouterr().err == ""
+    _dump(tmp_path / "crash", "b", usec=2, complete=False)
+    capture.announce_new(tmp_path / "crash", state)
+    assert "could not be saved" in capsys.readouterr().err
