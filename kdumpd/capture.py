@@ -70,8 +70,17 @@ def makedumpfile_command(
     if compression not in supported:
         compression = next((c for c in ("lzo", "zlib") if c in supported), "none")
     flag = COMPRESSION_FLAGS[compression]
-    command = ["makedumpfile", *([flag] if flag else []), "-d", str(cfg.dump_level),
-               "--message-level", "7", *cfg.makedumpfile_args, str(source), str(target)]
+    command = [
+        "makedumpfile",
+        *([flag] if flag else []),
+        "-d",
+        str(cfg.dump_level),
+        "--message-level",
+        "7",
+        *cfg.makedumpfile_args,
+        str(source),
+        str(target),
+    ]
     return command, compression
 
 
@@ -86,8 +95,15 @@ def supported_compressions(version_output: str) -> set[str]:
 
 
 def metadata(
-    *, started: float, finished: float, kernel_version: str, panic: str, cfg: config.Config,
-    compression: str, size: int, error: str,
+    *,
+    started: float,
+    finished: float,
+    kernel_version: str,
+    panic: str,
+    cfg: config.Config,
+    compression: str,
+    size: int,
+    error: str,
 ) -> dict[str, Any]:
     return {
         "time_usec": int(started * 1_000_000),
@@ -146,19 +162,31 @@ class Capture:
         except CaptureError as e:
             error = str(e)
             say(f"capture FAILED: {error}")
-        meta = metadata(started=started, finished=time.time(), kernel_version=version,
-                        panic=panic, cfg=self.cfg, compression=compression, size=size,
-                        error=error)
+        meta = metadata(
+            started=started,
+            finished=time.time(),
+            kernel_version=version,
+            panic=panic,
+            cfg=self.cfg,
+            compression=compression,
+            size=size,
+            error=error,
+        )
         _write_json(folder / dumps.METADATA, meta)
         if not error:
-            say(f"dump saved: {folder / dumps.VMCORE} ({human_size(size)} in "
-                f"{meta['duration_s']} s)")
+            say(
+                f"dump saved: {folder / dumps.VMCORE} ({human_size(size)} in "
+                f"{meta['duration_s']} s)"
+            )
         return not error
 
     def _dmesg(self, folder: Path) -> str:
         target = folder / dumps.DMESG
-        result = subprocess.run(["makedumpfile", "--dump-dmesg", str(self.source), str(target)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            ["makedumpfile", "--dump-dmesg", str(self.source), str(target)],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0 or not target.exists():
             say(f"could not extract the kernel log: {result.stderr.strip()}")
             return ""
@@ -224,9 +252,15 @@ def announce_new(root: Path, state_file: Path) -> None:
             text = f"a crash dump was saved: {d.path} ({d.kernel_version}: {d.panic_message})"
         else:
             text = f"a crash dump could not be saved in {d.path}: {d.error}"
-        journal.send(journal.WARNING if d.complete else journal.ERR, text,
-                     journal.MSG_DUMP_SAVED, dump_path=d.path, kernel_version=d.kernel_version,
-                     panic_message=d.panic_message, dump_complete=int(d.complete))
+        journal.send(
+            journal.WARNING if d.complete else journal.ERR,
+            text,
+            journal.MSG_DUMP_SAVED,
+            dump_path=d.path,
+            kernel_version=d.kernel_version,
+            panic_message=d.panic_message,
+            dump_complete=int(d.complete),
+        )
     if new or not state_file.exists():
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text("\n".join(sorted(d.path.name for d in found)) + "\n")

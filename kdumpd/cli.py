@@ -127,16 +127,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     res = reservation.read_reservation(sysroot)
     recommended = reservation.recommended_bytes(res.ram_bytes, kernel_size, initrd_size)
     verdict = reservation.assess(res, recommended, cfg.min_reservation)
-    print(f"reservation: {human_size(res.reserved_bytes)}, capture needs about "
-          f"{human_size(recommended)}")
+    print(
+        f"reservation: {human_size(res.reserved_bytes)}, capture needs about "
+        f"{human_size(recommended)}"
+    )
     if verdict.state in ("none", "too-small"):
         problems.append(f"{verdict.message} Set {verdict.suggestion}.")
     elif verdict.state == "below-recommended":
         warnings.append(f"{verdict.message} Set {verdict.suggestion}.")
     try:
         running = (sysroot / "proc/cmdline").read_text().strip()
-        line = cmdline.build(running, cfg.cmdline_remove, cfg.cmdline_append,
-                             platform.machine())
+        line = cmdline.build(running, cfg.cmdline_remove, cfg.cmdline_append, platform.machine())
         print(f"capture command line: {line}")
     except (OSError, cmdline.CmdlineTooLong) as e:
         problems.append(str(e))
@@ -166,8 +167,10 @@ def cmd_crashkernel(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"value": value, "memory_bytes": ram, "reserved_bytes": reserved})
         else:
-            print(f"crashkernel={value} reserves {format_size(reserved) if reserved else 'nothing'}"
-                  f" on a machine with {human_size(ram)} of RAM")
+            print(
+                f"crashkernel={value} reserves {format_size(reserved) if reserved else 'nothing'}"
+                f" on a machine with {human_size(ram)} of RAM"
+            )
         return EXIT_OK
     try:
         files, _ = kernels.choose(config.Config(), platform.release())
@@ -179,16 +182,18 @@ def cmd_crashkernel(args: argparse.Namespace) -> int:
     verdict = reservation.assess(res, recommended)
     params = {kind: p.text for kind, p in res.params.items()}
     if args.json:
-        _print_json({
-            "cmdline": params,
-            "memory_bytes": ram,
-            "reserved_bytes": res.reserved_bytes,
-            "iomem": [{"start": r.start, "end": r.end} for r in res.iomem],
-            "recommended_bytes": recommended,
-            "recommended": f"crashkernel={format_size(recommended)}",
-            "verdict": verdict.state,
-            "message": verdict.message,
-        })
+        _print_json(
+            {
+                "cmdline": params,
+                "memory_bytes": ram,
+                "reserved_bytes": res.reserved_bytes,
+                "iomem": [{"start": r.start, "end": r.end} for r in res.iomem],
+                "recommended_bytes": recommended,
+                "recommended": f"crashkernel={format_size(recommended)}",
+                "verdict": verdict.state,
+                "message": verdict.message,
+            }
+        )
         return EXIT_OK
     given = " ".join(f"crashkernel={t}" for t in params.values()) or "none"
     print(f"kernel command line: {given}")
@@ -214,8 +219,10 @@ def cmd_dumps(args: argparse.Namespace) -> int:
         print("no dumps saved")
     for d in found:
         state = "complete" if d["Complete"] else f"INCOMPLETE: {d['Error']}"
-        print(f"{d['Path']}  {_when(d['TimeUsec'])}  {d['KernelVersion']}  "
-              f"{human_size(d['SizeBytes'])}  {state}")
+        print(
+            f"{d['Path']}  {_when(d['TimeUsec'])}  {d['KernelVersion']}  "
+            f"{human_size(d['SizeBytes'])}  {state}"
+        )
         if d["PanicMessage"]:
             print(f"    {d['PanicMessage']}")
     return EXIT_OK
@@ -224,8 +231,11 @@ def cmd_dumps(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kdumpd", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    config_arg: dict[str, Any] = {"type": Path, "default": config.DEFAULT_PATH,
-                                  "help": "configuration file (default: %(default)s)"}
+    config_arg: dict[str, Any] = {
+        "type": Path,
+        "default": config.DEFAULT_PATH,
+        "help": "configuration file (default: %(default)s)",
+    }
 
     s = sub.add_parser("serve", help="run the daemon (what kdumpd.service runs)")
     s.add_argument("--config", **config_arg)
@@ -239,23 +249,25 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_reload)
 
     s = sub.add_parser("unload", help="ask the daemon to unload the crash kernel")
-    s.add_argument("--local", action="store_true",
-                   help="unload directly with the syscall, without the daemon")
+    s.add_argument(
+        "--local", action="store_true", help="unload directly with the syscall, without the daemon"
+    )
     s.set_defaults(func=cmd_unload)
 
     s = sub.add_parser("check", help="validate the config and the reservation, load nothing")
     s.add_argument("--config", **config_arg)
     s.set_defaults(func=cmd_check)
 
-    s = sub.add_parser("crashkernel", help="this machine's crashkernel= reservation, or what "
-                       "a crashkernel= value reserves")
+    s = sub.add_parser(
+        "crashkernel",
+        help="this machine's crashkernel= reservation, or what a crashkernel= value reserves",
+    )
     s.add_argument("--memory", metavar="SIZE", help="RAM size to evaluate VALUE against")
     s.add_argument("--json", action="store_true")
     s.add_argument("value", nargs="?", metavar="VALUE", help="e.g. 2G-64G:256M,64G-:512M")
     s.set_defaults(func=cmd_crashkernel)
 
-    s = sub.add_parser("capture", help="in the crash kernel: save the dump, then the "
-                       "final action")
+    s = sub.add_parser("capture", help="in the crash kernel: save the dump, then the final action")
     s.add_argument("--config", **config_arg)
     s.set_defaults(func=cmd_capture)
 

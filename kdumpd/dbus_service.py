@@ -3,11 +3,13 @@
 Method calls run on the GLib main loop. Loading a kernel is slow, so Reload and Unload
 hand the work to one worker thread and return at once; State turns to "loading" before
 they return, and PropertiesChanged tells when the work is done (`kdumpd reload` waits
-for it). The worker posts status changes back to the main loop with GLib.idle_add.
+for it). Reload requests pass through the watcher's coalescer first (kdumpd/watch.py).
+The worker posts status changes back to the main loop with GLib.idle_add.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import signal
@@ -21,6 +23,7 @@ from pydbus.generic import signal as dbus_signal
 
 from kdumpd import UserError, dumps, journal
 from kdumpd.service import Daemon, Status
+from kdumpd.watch import Watcher
 
 BUS_NAME = "org.kdumpd.Kdump1"
 OBJECT_PATH = "/org/kdumpd/Kdump1"
@@ -114,6 +117,7 @@ class KdumpObject:
         self._worker = worker
         self._bus = bus
         self._ready = False
+        self.watcher = Watcher(self.reload_now, daemon.sysroot)
 
     def __getattr__(self, name: str) -> Any:
         # Properties: CrashKernelLoaded is read from the kernel on every request.
@@ -131,34 +135,37 @@ class KdumpObject:
 
     def Reload(self, dbus_context: Any) -> None:
         self._authorize(dbus_context, ACTION_RELOAD)
-        self.start_reload()
+        self.request_reload(force=True)
 
     def Unload(self, dbus_context: Any) -> None:
         self._authorize(dbus_context, ACTION_UNLOAD)
         self._worker.submit("unload", self._unload)
 
-    def start_reload(self) -> None:
-        """Queue a reload; systemd hears RELOADING=1 now and READY=1 when it is done."""
-        if self._ready:
-            journal.notify_reloading()
-        self._daemon.mark_loading()
+    def request_reload(self, force: bool) -> None:
+        """A reload someone asked for (forced) or a watched file changed (not forced); the
+        watcher coalesces them. systemd hears RELOADING=1 now and READY=1 when done."""
+        if force:
+            if self._ready:
+                journal.notify_reloading()
+            self._daemon.mark_loading()
+        self.watcher.request(force)
 
+    def reload_now(self, force: bool) -> None:
         def job() -> None:
-            self._daemon.reload()
+            self._daemon.reload(force)
             GLib.idle_add(self._reloaded)
 
         self._worker.submit("reload", job)
 
     def _reloaded(self) -> bool:
         self._ready = True
+        self.watcher.watch_files(self._daemon.watch_targets())
         journal.notify(READY="1", STATUS=_status_words(self._daemon.status))
         return False  # GLib: run once
 
     def _unload(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # LastError already says why
             self._daemon.unload()
-        except OSError:
-            pass  # LastError already says why
 
     def _authorize(self, context: Any, action: str) -> None:
         sender = context.sender
@@ -210,10 +217,11 @@ def serve(daemon: Daemon, bus: Any | None = None) -> int:
         registration.unregister()
         return 1
 
-    obj.start_reload()
+    obj.reload_now(force=True)
+    obj.watcher.watch_hotplug()
 
     def on_hup() -> bool:
-        obj.start_reload()
+        obj.request_reload(force=True)
         return True
 
     def on_term() -> bool:
@@ -225,7 +233,12 @@ def serve(daemon: Daemon, bus: Any | None = None) -> int:
     GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGINT, on_term)
     interval = journal.watchdog_interval_usec()
     if interval:
-        GLib.timeout_add(interval // 1000, lambda: journal.notify(WATCHDOG="1") or True)
+
+        def watchdog() -> bool:
+            journal.notify(WATCHDOG="1")
+            return True
+
+        GLib.timeout_add(interval // 1000, watchdog)
     loop.run()
     # The crash kernel stays loaded: stopping or restarting the daemon must not leave a gap.
     journal.notify(STOPPING="1")
@@ -270,8 +283,11 @@ class Client:
 
         # Subscribe before calling, so the end of a quick reload cannot be missed.
         subscription = self._bus.subscribe(
-            sender=BUS_NAME, iface="org.freedesktop.DBus.Properties", signal="PropertiesChanged",
-            object=OBJECT_PATH, signal_fired=lambda *a: changed(*a[4]),
+            sender=BUS_NAME,
+            iface="org.freedesktop.DBus.Properties",
+            signal="PropertiesChanged",
+            object=OBJECT_PATH,
+            signal_fired=lambda *a: changed(*a[4]),
         )
         try:
             action(self._proxy)
@@ -289,7 +305,7 @@ class Client:
 
 
 def _client_error(e: GLib.Error) -> str:
-    text = e.message
+    text = str(e.message)
     if "ServiceUnknown" in text or "NameHasNoOwner" in text:
         return f"the kdumpd daemon is not running ({BUS_NAME} has no owner on the system bus)"
     if "AccessDenied" in text:

@@ -83,6 +83,9 @@ def scan(root: Path) -> list[Dump]:
         folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     except OSError:
         return []
-    found = [read(f) for f in folders if (f / METADATA).exists() or (f / VMCORE).exists()
-             or (f / INCOMPLETE).exists()]
+    found = [
+        read(f)
+        for f in folders
+        if (f / METADATA).exists() or (f / VMCORE).exists() or (f / INCOMPLETE).exists()
+    ]
     return sorted(found, key=lambda d: (d.time_usec, d.path.name))

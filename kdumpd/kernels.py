@@ -1,4 +1,4 @@
-"""Which kernel image and initrd to load: the running one, the newest, a version or explicit paths."""
+"""Which kernel image and initrd to load: running, newest, a version, or explicit paths."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ class KernelFiles:
 def version_key(version: str) -> list[tuple[int, int | str]]:
     """Sort key close to dpkg's order: numbers compare as numbers, text as text."""
     return [(0, int(p)) if p.isdigit() else (1, p) for p in re.findall(r"\d+|[a-zA-Z]+", version)]
+
+
+def is_kernel_file(name: str) -> bool:
+    """A kernel image or initrd, by the names distributions give them."""
+    return name.startswith(("vmlinuz", "initrd", "initramfs"))
 
 
 def installed_versions(sysroot: Path) -> list[str]:

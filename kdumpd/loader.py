@@ -132,7 +132,9 @@ class Kexec:
         self._call("loading the crash kernel", kernel.fd, initrd.fd if initrd else -1, cmd, flags)
 
     def unload(self) -> None:
-        self._call("unloading the crash kernel", -1, -1, None, KEXEC_FILE_UNLOAD | KEXEC_FILE_ON_CRASH)
+        self._call(
+            "unloading the crash kernel", -1, -1, None, KEXEC_FILE_UNLOAD | KEXEC_FILE_ON_CRASH
+        )
 
     def loaded(self) -> bool:
         """What the kernel says, never what we remember."""
@@ -143,6 +145,7 @@ class Kexec:
         return text.strip() == "1"
 
     def supported(self) -> bool:
-        return self.machine in SYSCALL_NUMBERS and (
-            self.sysroot / "sys/kernel/kexec_crash_loaded"
-        ).exists()
+        return (
+            self.machine in SYSCALL_NUMBERS
+            and (self.sysroot / "sys/kernel/kexec_crash_loaded").exists()
+        )

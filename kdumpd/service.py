@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdumpd import bzimage, cmdline, config, journal, kernels, reservation
+from kdumpd import cmdline, config, images, journal, kernels, reservation
 from kdumpd.loader import Image, Kexec, KexecError, snapshot
 from kdumpd.sizes import format_size, human_size
 
@@ -43,6 +43,24 @@ class Status:
         return dataclasses.asdict(self)
 
 
+Identity = tuple[tuple[str, int, int, int, int], ...]
+
+
+def identity(*paths: Path | None) -> Identity:
+    """Which files these are and whether they changed: path, device, inode, size, mtime."""
+    found = []
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            st = path.stat()
+        except OSError:
+            found.append((str(path), 0, 0, -1, 0))
+            continue
+        found.append((str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(found)
+
+
 @dataclass
 class Loaded:
     """A crash kernel we loaded, kept as private copies so it can be loaded again."""
@@ -51,6 +69,7 @@ class Loaded:
     kernel: Image
     initrd: Image | None
     cmdline: str
+    identity: Identity  # of the config, kernel and initrd files it was made from
 
     def close(self) -> None:
         self.kernel.close()
@@ -110,8 +129,14 @@ class Daemon:
             self._set(**changes)
         return self.status
 
-    def reload(self) -> None:
-        """Re-read the config, re-check the reservation, load the crash kernel."""
+    def reload(self, force: bool = True) -> None:
+        """Re-read the config, re-check the reservation, load the crash kernel.
+
+        Unforced (a watched file changed): only when the config or the chosen kernel's
+        files differ from what is loaded, so events that change nothing load nothing.
+        """
+        if not force and self._unchanged():
+            return
         self.mark_loading()
         try:
             self._reload()
@@ -124,6 +149,36 @@ class Daemon:
         journal.send(journal.ERR, message, journal.MSG_LOAD_FAILED, kdumpd_state=state)
         self._set(State="loaded" if loaded else state, CrashKernelLoaded=loaded, LastError=message)
 
+    def _unchanged(self) -> bool:
+        good = self.good
+        if good is None or not self.kexec.loaded():
+            return False
+        try:
+            cfg = config.load(self.config_path)
+            files, _ = kernels.choose(cfg, platform.release(), self.sysroot)
+        except (config.ConfigError, kernels.KernelNotFound):
+            return False
+        return identity(self.config_path, files.image, files.initrd) == good.identity
+
+    def watch_targets(self) -> dict[Path, Callable[[str], bool]]:
+        """Directories to watch, each with the file names in it that should cause a reload:
+        the config, the loaded kernel's files, and those of the kernel the config asks for."""
+        cfg = self.config or config.Config(path=self.config_path)
+        wanted = {"running": platform.release(), "latest": ""}.get(cfg.kernel, cfg.kernel)
+        names = {self.config_path.name}
+        dirs = {self.config_path.parent, self.sysroot / "boot"}
+        if self.good:
+            for image in filter(None, (self.good.kernel, self.good.initrd)):
+                names.add(image.path.name)
+                dirs.add(image.path.parent)
+
+        def matters(name: str) -> bool:
+            if name in names:
+                return True
+            return kernels.is_kernel_file(name) and (wanted == "" or wanted in name)
+
+        return {d: matters for d in sorted(dirs)}
+
     def _read_config(self) -> config.Config:
         try:
             cfg = config.load(self.config_path)
@@ -131,8 +186,12 @@ class Daemon:
             keep = " (the crash kernel that is loaded stays loaded)" if self.kexec.loaded() else ""
             for problem in e.problems:
                 journal.send(
-                    journal.ERR, f"config: {problem}", journal.MSG_CONFIG_ERROR,
-                    config_file=problem.path, config_line=problem.line, config_key=problem.key,
+                    journal.ERR,
+                    f"config: {problem}",
+                    journal.MSG_CONFIG_ERROR,
+                    config_file=problem.path,
+                    config_line=problem.line,
+                    config_key=problem.key,
                 )
             raise Failure("failed", f"configuration error: {e}{keep}") from None
         self.config = cfg
@@ -155,8 +214,9 @@ class Daemon:
             journal.send(journal.WARNING, note, kernel_version=files.version)
         res = reservation.read_reservation(self.sysroot)
         recommended = reservation.recommended_bytes(
-            res.ram_bytes, files.image.stat().st_size, files.initrd.stat().st_size
-            if files.initrd else 0,
+            res.ram_bytes,
+            files.image.stat().st_size,
+            files.initrd.stat().st_size if files.initrd else 0,
         )
         self._set(ReservedBytes=res.reserved_bytes, RecommendedBytes=recommended)
         verdict = reservation.assess(res, recommended, cfg.min_reservation)
@@ -164,8 +224,11 @@ class Daemon:
         if verdict.state in ("none", "too-small"):
             journal.send(journal.ERR, verdict.message, journal.MSG_RESERVATION)
             state = "no-reservation" if verdict.state == "none" else "failed"
-            raise Failure(state, f"{verdict.message} Set {verdict.suggestion} on the kernel "
-                          "command line and reboot.")
+            raise Failure(
+                state,
+                f"{verdict.message} Set {verdict.suggestion} on the kernel "
+                "command line and reboot.",
+            )
         if verdict.state == "below-recommended":
             warning = f"warning: {verdict.message} Set {verdict.suggestion}."
             journal.send(journal.WARNING, warning, journal.MSG_RESERVATION)
@@ -173,23 +236,29 @@ class Daemon:
         self._load(new, warning, note)
 
     def _prepare(self, files: kernels.KernelFiles, cfg: config.Config) -> Loaded:
+        files_identity = identity(self.config_path, files.image, files.initrd)
         try:
             kernel = snapshot(files.image)
             initrd = snapshot(files.initrd) if files.initrd else None
         except OSError as e:
             raise Failure("failed", f"cannot read {e.filename}: {e.strerror}") from None
         try:
+            if initrd and images.initrd_format(os.pread(initrd.fd, 8, 0)) is None:
+                raise ValueError(
+                    f"{initrd.path} is not an initramfs (no cpio or compressed "
+                    "archive the kernel can unpack); refusing to load it"
+                )
             running = (self.sysroot / "proc/cmdline").read_text().strip()
-            limit = bzimage.cmdline_max(os.pread(kernel.fd, 0x8000, 0))
+            limit = images.cmdline_max(os.pread(kernel.fd, 0x8000, 0))
             line = cmdline.build(
                 running, cfg.cmdline_remove, cfg.cmdline_append, self.kexec.machine, limit
             )
-        except (OSError, cmdline.CmdlineTooLong) as e:
+        except (OSError, ValueError) as e:
             kernel.close()
             if initrd:
                 initrd.close()
             raise Failure("failed", str(e)) from None
-        return Loaded(files.version, kernel, initrd, line)
+        return Loaded(files.version, kernel, initrd, line, files_identity)
 
     def _load(self, new: Loaded, warning: str, note: str) -> None:
         try:
@@ -210,8 +279,11 @@ class Daemon:
             journal.INFO,
             f"crash kernel {new.version} loaded ({sizes}) into a "
             f"{format_size(self.status.ReservedBytes)} reservation",
-            journal.MSG_LOADED, kernel_version=new.version, kernel_image=new.kernel.path,
-            initrd=new.initrd.path if new.initrd else "", kernel_cmdline=new.cmdline,
+            journal.MSG_LOADED,
+            kernel_version=new.version,
+            kernel_image=new.kernel.path,
+            initrd=new.initrd.path if new.initrd else "",
+            kernel_cmdline=new.cmdline,
         )
         self._set(
             State="loaded" if loaded else "failed",
@@ -221,8 +293,9 @@ class Daemon:
             Initrd=str(new.initrd.path) if new.initrd else "",
             CommandLine=new.cmdline,
             LastLoadUsec=now_usec(),
-            LastError=" ".join(filter(None, (warning, note))) if loaded else
-            "the kernel accepted the crash kernel but reports none loaded",
+            LastError=" ".join(filter(None, (warning, note)))
+            if loaded
+            else "the kernel accepted the crash kernel but reports none loaded",
         )
 
     def _restore(self, message: str) -> None:
@@ -235,10 +308,14 @@ class Daemon:
         except KexecError as e:
             self.good = None
             good.close()
-            raise Failure("failed", f"{message}; loading the previous crash kernel "
-                          f"{good.version} again also failed: {e.strerror}") from None
-        raise Failure("loaded", f"{message}; the previous crash kernel {good.version} "
-                      "was loaded again")
+            raise Failure(
+                "failed",
+                f"{message}; loading the previous crash kernel "
+                f"{good.version} again also failed: {e.strerror}",
+            ) from None
+        raise Failure(
+            "loaded", f"{message}; the previous crash kernel {good.version} was loaded again"
+        )
 
     def unload(self) -> None:
         try:
@@ -251,5 +328,6 @@ class Daemon:
             self.good = None
         journal.send(journal.NOTICE, "crash kernel unloaded", journal.MSG_UNLOADED)
         loaded = self.kexec.loaded()
-        self._set(State="loaded" if loaded else "not-loaded", CrashKernelLoaded=loaded,
-                  LastError="")
+        self._set(
+            State="loaded" if loaded else "not-loaded", CrashKernelLoaded=loaded, LastError=""
+        )

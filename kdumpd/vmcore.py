@@ -17,7 +17,7 @@ def vmcoreinfo(f: BinaryIO) -> dict[str, str]:
     if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2:
         return {}
     order = "<" if head[5] == 1 else ">"
-    phoff, = struct.unpack_from(order + "Q", head, 32)
+    (phoff,) = struct.unpack_from(order + "Q", head, 32)
     phentsize, phnum = struct.unpack_from(order + "HH", head, 54)
     f.seek(phoff)
     table = f.read(phentsize * phnum)

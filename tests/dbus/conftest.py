@@ -25,9 +25,16 @@ POLKIT_POLICY = Path("/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf
 def _bus_config(workdir: Path) -> Path:
     """Debian's system.conf, listening in workdir, reading only our policy (and polkit's)."""
     text = Path("/usr/share/dbus-1/system.conf").read_text()
-    for drop in (r"<user>.*?</user>", r"<fork/>", r"<pidfile>.*?</pidfile>", r"<syslog/>",
-                 r"<standard_system_servicedirs/>", r"<servicehelper>.*?</servicehelper>",
-                 r"<includedir>.*?</includedir>", r"<include [^>]*>.*?</include>"):
+    for drop in (
+        r"<user>.*?</user>",
+        r"<fork/>",
+        r"<pidfile>.*?</pidfile>",
+        r"<syslog/>",
+        r"<standard_system_servicedirs/>",
+        r"<servicehelper>.*?</servicehelper>",
+        r"<includedir>.*?</includedir>",
+        r"<include [^>]*>.*?</include>",
+    ):
         text = re.sub(drop, "", text)
     policies = workdir / "system.d"
     policies.mkdir()
@@ -48,11 +55,16 @@ class Bus:
     env: dict[str, str]
     workdir: Path
 
-    def run(self, *args: str, user: int | None = None, check: bool = False,
-            ) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        *args: str,
+        user: int | None = None,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
         prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
-        return subprocess.run([*prefix, *args], env=self.env, capture_output=True, text=True,
-                              check=check, timeout=60)
+        return subprocess.run(
+            [*prefix, *args], env=self.env, capture_output=True, text=True, check=check, timeout=60
+        )
 
     def busctl(self, *args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
         return self.run("busctl", f"--address={self.address}", *args, user=user)
@@ -74,8 +86,11 @@ def bus() -> Iterator[Bus]:
     # Readable by the unprivileged test user, unlike pytest's tmp_path.
     workdir = Path(tempfile.mkdtemp(prefix="kdumpd-bus-"))
     workdir.chmod(0o755)
-    proc = subprocess.Popen(["dbus-daemon", f"--config-file={_bus_config(workdir)}", "--nofork",
-                             "--print-address=1"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["dbus-daemon", f"--config-file={_bus_config(workdir)}", "--nofork", "--print-address=1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     address = proc.stdout.readline().strip()
     env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=address, PYTHONPATH=str(ROOT))
@@ -96,8 +111,9 @@ class Service:
     proc: subprocess.Popen[str]
 
     def state(self) -> str:
-        out = self.bus.busctl("get-property", "org.kdumpd.Kdump1", "/org/kdumpd/Kdump1",
-                              "org.kdumpd.Kdump1", "State").stdout
+        out = self.bus.busctl(
+            "get-property", "org.kdumpd.Kdump1", "/org/kdumpd/Kdump1", "org.kdumpd.Kdump1", "State"
+        ).stdout
         return out.split('"')[1] if '"' in out else ""
 
     def wait_state(self, *states: str, timeout: float = 30) -> None:
@@ -106,12 +122,17 @@ class Service:
 
 @pytest.fixture
 def service(bus: Bus) -> Iterator[Service]:
-    sysroot = make_sysroot(bus.workdir / "root", running=os.uname().release,
-                           versions=(os.uname().release,))
+    sysroot = make_sysroot(
+        bus.workdir / "root", running=os.uname().release, versions=(os.uname().release,)
+    )
     config = bus.workdir / "kdumpd.yaml"
     config.write_text("dump_path: " + str(bus.workdir / "crash") + "\n")
-    proc = subprocess.Popen([sys.executable, "-m", "tests.dbus.fake_daemon", str(sysroot),
-                             str(config)], env=bus.env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.dbus.fake_daemon", str(sysroot), str(config)],
+        env=bus.env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     svc = Service(bus, sysroot, config, proc)
     try:
         svc.wait_state("loaded", "failed", "no-reservation")

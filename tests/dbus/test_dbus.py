@@ -35,10 +35,19 @@ def test_introspection_shows_the_spec_api(service: Service) -> None:
     out = service.bus.busctl("introspect", NAME, PATH, NAME).stdout
     for member in ("GetStatus", "ListDumps", "Reload", "Unload"):
         assert f".{member}" in out
-    for prop, sig in (("State", "s"), ("CrashKernelLoaded", "b"), ("ReservedBytes", "t"),
-                      ("RecommendedBytes", "t"), ("KernelVersion", "s"), ("KernelImage", "s"),
-                      ("Initrd", "s"), ("CommandLine", "s"), ("LastLoadUsec", "t"),
-                      ("LastError", "s"), ("ConfigPath", "s")):
+    for prop, sig in (
+        ("State", "s"),
+        ("CrashKernelLoaded", "b"),
+        ("ReservedBytes", "t"),
+        ("RecommendedBytes", "t"),
+        ("KernelVersion", "s"),
+        ("KernelImage", "s"),
+        ("Initrd", "s"),
+        ("CommandLine", "s"),
+        ("LastLoadUsec", "t"),
+        ("LastError", "s"),
+        ("ConfigPath", "s"),
+    ):
         assert any(line.split()[:3] == [f".{prop}", "property", sig] for line in out.splitlines())
 
 
@@ -71,18 +80,36 @@ def test_unprivileged_cli_gets_a_one_line_error(service: Service) -> None:
 
 
 def test_polkit_can_authorize_others(service: Service) -> None:
-    import dbusmock
+    import dbusmock  # type: ignore[import-untyped]
 
     # The polkit mock runs as polkitd, the only user polkit's bus policy lets own its name.
     uid = pwd.getpwnam("polkitd").pw_uid
-    mock = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                             "/usr/bin/python3", "-m", "dbusmock", "--system", "--template",
-                             "polkitd"], env=service.bus.env, stdout=subprocess.PIPE, text=True)
+    mock = subprocess.Popen(
+        [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-m",
+            "dbusmock",
+            "--system",
+            "--template",
+            "polkitd",
+        ],
+        env=service.bus.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        wait_until(lambda: service.bus.busctl("status", "org.freedesktop.PolicyKit1").returncode
-                   == 0, 30, "the polkit mock")
-        polkit = connect(service.bus.address).get("org.freedesktop.PolicyKit1",
-                                                  "/org/freedesktop/PolicyKit1/Authority")
+        wait_until(
+            lambda: service.bus.busctl("status", "org.freedesktop.PolicyKit1").returncode == 0,
+            30,
+            "the polkit mock",
+        )
+        polkit = connect(service.bus.address).get(
+            "org.freedesktop.PolicyKit1", "/org/freedesktop/PolicyKit1/Authority"
+        )
         polkit[dbusmock.MOCK_IFACE].SetAllowed(["org.kdumpd.Kdump1.reload"])
         before = int(get(service, "LastLoadUsec").split()[1])
         r = service.bus.busctl("call", NAME, PATH, NAME, "Reload", user=NOBODY)
@@ -107,8 +134,13 @@ def test_reload_emits_properties_changed(service: Service) -> None:
         if changed.get("State") == "loaded":
             loop.quit()
 
-    bus.subscribe(sender=NAME, iface="org.freedesktop.DBus.Properties",
-                  signal="PropertiesChanged", object=PATH, signal_fired=fired)
+    bus.subscribe(
+        sender=NAME,
+        iface="org.freedesktop.DBus.Properties",
+        signal="PropertiesChanged",
+        object=PATH,
+        signal_fired=fired,
+    )
     bus.get(NAME, PATH).Reload()
     GLib.timeout_add_seconds(30, loop.quit)
     loop.run()
@@ -152,11 +184,18 @@ def test_sighup_reloads(service: Service) -> None:
 
 
 def test_the_name_is_not_taken_over(service: Service, bus: Bus) -> None:
-    r = bus.run(sys.executable, "-m", "tests.dbus.fake_daemon", str(service.sysroot),
-                str(service.config))
+    r = bus.run(
+        sys.executable, "-m", "tests.dbus.fake_daemon", str(service.sysroot), str(service.config)
+    )
     assert r.returncode == 1 and "cannot own org.kdumpd.Kdump1" in r.stderr
-    r = bus.run(sys.executable, "-m", "tests.dbus.fake_daemon", str(service.sysroot),
-                str(service.config), user=NOBODY)
+    r = bus.run(
+        sys.executable,
+        "-m",
+        "tests.dbus.fake_daemon",
+        str(service.sysroot),
+        str(service.config),
+        user=NOBODY,
+    )
     assert r.returncode == 1
     assert service.proc.poll() is None and get(service, "State") == 's "loaded"'
 
@@ -164,5 +203,7 @@ def test_the_name_is_not_taken_over(service: Service, bus: Bus) -> None:
 def test_cli_without_a_daemon_is_one_line(bus: Bus) -> None:
     r = bus.kdumpd("status")
     assert r.returncode == 1
-    assert r.stderr.strip() == ("kdumpd status: the kdumpd daemon is not running "
-                                "(org.kdumpd.Kdump1 has no owner on the system bus)")
+    assert r.stderr.strip() == (
+        "kdumpd status: the kdumpd daemon is not running "
+        "(org.kdumpd.Kdump1 has no owner on the system bus)"
+    )

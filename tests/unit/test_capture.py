@@ -35,7 +35,8 @@ def test_panic_message_from_real_dmesg() -> None:
     assert vmcore.panic_message(SYSRQ_DMESG) == "sysrq triggered crash"
     assert vmcore.panic_message(OOPS_DMESG) == "Fatal exception"
     assert vmcore.panic_message(OOPS_DMESG.replace("Kernel panic", "x")) == (
-        "BUG: kernel NULL pointer dereference, address: 0000000000000000")
+        "BUG: kernel NULL pointer dereference, address: 0000000000000000"
+    )
     assert vmcore.panic_message("[    0.000000] Linux version 6.1.0\n") == ""
 
 
@@ -68,9 +69,16 @@ def _dump(root: Path, name: str, usec: int, complete: bool = True) -> dumps.Dump
     folder = root / name
     folder.mkdir(parents=True)
     (folder / (dumps.VMCORE if complete else dumps.INCOMPLETE)).write_bytes(b"KDUMP   " + b"x" * 8)
-    (folder / dumps.METADATA).write_text(json.dumps({
-        "time_usec": usec, "kernel_version": "6.1.0-28-amd64",
-        "panic_message": "sysrq triggered crash", "error": "" if complete else "disk full"}))
+    (folder / dumps.METADATA).write_text(
+        json.dumps(
+            {
+                "time_usec": usec,
+                "kernel_version": "6.1.0-28-amd64",
+                "panic_message": "sysrq triggered crash",
+                "error": "" if complete else "disk full",
+            }
+        )
+    )
     return dumps.read(folder)
 
 
@@ -86,8 +94,11 @@ def test_retention_keeps_the_newest(tmp_path: Path) -> None:
 
 def test_free_space() -> None:
     capture.check_space(64 << 20, 64 << 20, Path("/var/crash"))
-    with pytest.raises(capture.CaptureError, match=r"only 63 MiB free on /var/crash, below "
-                       r"min_free_space \(64 MiB\)"):
+    with pytest.raises(
+        capture.CaptureError,
+        match=r"only 63 MiB free on /var/crash, below "
+        r"min_free_space \(64 MiB\)",
+    ):
         capture.check_space(63 << 20, 64 << 20, Path("/var/crash"))
 
 
@@ -95,27 +106,52 @@ def test_makedumpfile_command_and_compression_fallback() -> None:
     cfg = config.Config(compression="zstd", dump_level=17, makedumpfile_args=("--num-threads=1",))
     debian12 = capture.supported_compressions(
         "makedumpfile: version 1.7.2 (released on 20 Oct 2022)\nlzo\tenabled\nsnappy\tdisabled\n"
-        "zstd\tdisabled\n")
+        "zstd\tdisabled\n"
+    )
     assert debian12 == {"lzo", "zlib", "none"}
     command, used = capture.makedumpfile_command(cfg, Path("/proc/vmcore"), Path("/d/v"), debian12)
     assert used == "lzo"
-    assert command == ["makedumpfile", "-l", "-d", "17", "--message-level", "7",
-                       "--num-threads=1", "/proc/vmcore", "/d/v"]
+    assert command == [
+        "makedumpfile",
+        "-l",
+        "-d",
+        "17",
+        "--message-level",
+        "7",
+        "--num-threads=1",
+        "/proc/vmcore",
+        "/d/v",
+    ]
     command, used = capture.makedumpfile_command(cfg, Path("/p"), Path("/d"), debian12 | {"zstd"})
     assert used == "zstd" and command[1] == "-z"
     command, used = capture.makedumpfile_command(
-        config.Config(compression="none"), Path("/p"), Path("/d"), debian12)
+        config.Config(compression="none"), Path("/p"), Path("/d"), debian12
+    )
     assert used == "none" and command[1] == "-d"
 
 
 def test_metadata() -> None:
-    meta = capture.metadata(started=100.0, finished=112.25, kernel_version="6.1.0-28-amd64",
-                            panic="sysrq triggered crash", cfg=config.Config(),
-                            compression="lzo", size=123, error="")
-    assert meta == {"time_usec": 100_000_000, "kernel_version": "6.1.0-28-amd64",
-                    "panic_message": "sysrq triggered crash", "dump_level": 31,
-                    "compression": "lzo", "size_bytes": 123, "duration_s": 12.25,
-                    "complete": True, "error": ""}
+    meta = capture.metadata(
+        started=100.0,
+        finished=112.25,
+        kernel_version="6.1.0-28-amd64",
+        panic="sysrq triggered crash",
+        cfg=config.Config(),
+        compression="lzo",
+        size=123,
+        error="",
+    )
+    assert meta == {
+        "time_usec": 100_000_000,
+        "kernel_version": "6.1.0-28-amd64",
+        "panic_message": "sysrq triggered crash",
+        "dump_level": 31,
+        "compression": "lzo",
+        "size_bytes": 123,
+        "duration_s": 12.25,
+        "complete": True,
+        "error": "",
+    }
 
 
 def test_scan_lists_complete_and_incomplete(tmp_path: Path) -> None:

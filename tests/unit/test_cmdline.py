@@ -14,8 +14,15 @@ def test_removes_what_must_not_reach_the_crash_kernel() -> None:
     )
     params = cmdline.split(line)
     assert "root=UUID=1234" in params and "ro" in params
-    for gone in ("quiet", "crashkernel", "hugepages", "hugepagesz", "default_hugepagesz",
-                 "BOOT_IMAGE", "log_buf_len"):
+    for gone in (
+        "quiet",
+        "crashkernel",
+        "hugepages",
+        "hugepagesz",
+        "default_hugepagesz",
+        "BOOT_IMAGE",
+        "log_buf_len",
+    ):
         assert gone not in [cmdline.name(p) for p in params], gone
     assert params.count("nr_cpus=1") == 1 and "nr_cpus=4" not in params
     assert "systemd.unit=kdumpd-capture.target" in params

@@ -103,7 +103,9 @@ def test_yaml_error_has_a_line_number() -> None:
     assert int(found.split(":")[1]) >= 2
 
 
-def test_missing_default_file_means_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_default_file_means_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     missing = tmp_path / "kdumpd.yaml"
     monkeypatch.setattr(config, "DEFAULT_PATH", missing)
     assert config.load(missing) == config.Config(path=missing)

@@ -1,7 +1,9 @@
-"""What the x86 boot header of a kernel image says: its version and command-line limit.
+"""What kernel images and initrds say about themselves, read before anything is loaded.
 
-See Documentation/arch/x86/boot.rst. Other architectures have no such header; callers
-fall back to defaults there.
+The x86 boot header (Documentation/arch/x86/boot.rst) gives the image's version and its
+command-line limit; other architectures have no such header and get defaults. The kernel
+accepts any bytes as an initrd, so a truncated or overwritten one would load fine and
+only fail at crash time: its format is checked here instead.
 """
 
 from __future__ import annotations
@@ -57,3 +59,25 @@ def read_head(path: Path) -> bytes:
     """Enough of the image to cover the version string, which lives in the setup code."""
     with path.open("rb") as f:
         return f.read(0x8000)
+
+
+# Formats the kernel unpacks (usr/Kconfig and lib/decompress.c), cpio first: an early
+# microcode archive comes uncompressed before the compressed main one.
+_INITRD_MAGIC = {
+    b"070701": "cpio",
+    b"070702": "cpio",
+    b"070707": "cpio",
+    b"\x1f\x8b": "gzip",
+    b"\x1f\x9e": "gzip",
+    b"BZh": "bzip2",
+    b"\x5d\x00\x00": "lzma",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x89LZO": "lzo",
+    b"\x02\x21\x4c\x18": "lz4",
+    b"\x28\xb5\x2f\xfd": "zstd",
+}
+
+
+def initrd_format(head: bytes) -> str | None:
+    """The initrd's format from its first bytes, or None when it is none the kernel knows."""
+    return next((name for magic, name in _INITRD_MAGIC.items() if head.startswith(magic)), None)

@@ -1,0 +1,169 @@
+"""Why the daemon reloads by itself: files changing, CPUs and memory coming and going.
+
+Everything that asks for a reload (D-Bus Reload, SIGHUP, a watched file, a hotplug
+uevent) goes through one Coalescer: a burst of requests becomes one reload, QUIET seconds
+after the last of them. A package install writes the kernel, then the initrd, then runs
+our hook; all of that ends in a single reload, after the last write.
+
+Nothing polls: file events come from inotify (Gio.FileMonitor) and hotplug events from the
+kernel's uevent netlink socket, both on the GLib main loop.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gi.repository import Gio, GLib
+
+QUIET_S = 2.0
+MAX_WAIT_S = 20.0  # a steady stream of events must not postpone the reload for ever
+
+NETLINK_KOBJECT_UEVENT = 15
+_KERNEL_GROUP = 1
+
+
+@dataclass
+class Coalescer:
+    """Pure timing logic, driven by the caller's clock."""
+
+    quiet: float = QUIET_S
+    max_wait: float = MAX_WAIT_S
+    first: float | None = None
+    deadline: float | None = None
+    forced: bool = False
+
+    def event(self, now: float, force: bool) -> float:
+        """Note a request; returns when the reload is due."""
+        if self.first is None:
+            self.first = now
+        self.forced = self.forced or force
+        self.deadline = min(now + self.quiet, self.first + self.max_wait)
+        return self.deadline
+
+    def due(self, now: float) -> bool | None:
+        """At or after the deadline: whether any request was forced, and start afresh.
+        Before it (or with nothing pending): None."""
+        if self.deadline is None or now < self.deadline:
+            return None
+        forced = self.forced
+        self.first = self.deadline = None
+        self.forced = False
+        return forced
+
+
+def parse_uevent(data: bytes) -> dict[str, str]:
+    """A kernel uevent datagram: 'ACTION@DEVPATH' then KEY=VALUE fields, NUL-separated."""
+    fields = data.split(b"\0")
+    event = {}
+    for field in fields[1:]:
+        key, sep, value = field.partition(b"=")
+        if sep:
+            event[key.decode(errors="replace")] = value.decode(errors="replace")
+    return event
+
+
+def hotplug_needs_reload(event: dict[str, str], sysroot: Path) -> bool:
+    """CPU or memory came or went, and the kernel does not fix the crash image itself
+    (crash_hotplug absent, as before 6.6, or 0)."""
+    subsystem = event.get("SUBSYSTEM")
+    if subsystem not in ("cpu", "memory"):
+        return False
+    if event.get("ACTION") not in ("add", "remove", "online", "offline"):
+        return False
+    flag = sysroot / f"sys/devices/system/{subsystem}/crash_hotplug"
+    try:
+        return flag.read_text().strip() != "1"
+    except OSError:
+        return True
+
+
+def _now() -> float:
+    return float(GLib.get_monotonic_time()) / 1e6
+
+
+class Watcher:
+    """Glue between the event sources, the Coalescer and a reload callback."""
+
+    def __init__(self, reload: Callable[[bool], None], sysroot: Path = Path("/")) -> None:
+        self._reload = reload
+        self._sysroot = sysroot
+        self._coalescer = Coalescer()
+        self._timer = 0
+        self._monitors: list[Gio.FileMonitor] = []
+        self._uevents: socket.socket | None = None
+
+    def request(self, force: bool) -> None:
+        self._coalescer.event(_now(), force)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._timer:
+            GLib.source_remove(self._timer)
+        assert self._coalescer.deadline is not None
+        delay_ms = math.ceil(max(0.0, self._coalescer.deadline - _now()) * 1000)
+        self._timer = GLib.timeout_add(delay_ms, self._fire)
+
+    def _fire(self) -> bool:
+        self._timer = 0
+        forced = self._coalescer.due(_now())
+        if forced is not None:
+            self._reload(forced)
+        elif self._coalescer.deadline is not None:
+            self._arm()  # GLib woke us a little early
+        return False
+
+    def watch_files(self, directories: dict[Path, Callable[[str], bool]]) -> None:
+        """Watch these directories; the filter says which file names matter."""
+        for monitor in self._monitors:
+            monitor.cancel()
+        self._monitors = []
+        for directory, matters in directories.items():
+            try:
+                monitor = Gio.File.new_for_path(str(directory)).monitor_directory(
+                    Gio.FileMonitorFlags.WATCH_MOVES, None
+                )
+            except GLib.Error:
+                continue  # a directory that does not exist yet cannot hold our files
+            monitor.connect("changed", self._on_file_event, matters)
+            self._monitors.append(monitor)
+
+    def _on_file_event(
+        self,
+        _monitor: Any,
+        file: Gio.File,
+        other: Gio.File | None,
+        event: Gio.FileMonitorEvent,
+        matters: Callable[[str], bool],
+    ) -> None:
+        if event in (Gio.FileMonitorEvent.ATTRIBUTE_CHANGED, Gio.FileMonitorEvent.CHANGED):
+            return  # wait for CHANGES_DONE_HINT, CREATED, DELETED or a rename
+        names = [f.get_basename() for f in (file, other) if f is not None]
+        if any(matters(n) for n in names):
+            self.request(force=False)
+
+    def watch_hotplug(self) -> None:
+        """Listen to the kernel's uevents for CPU and memory hotplug."""
+        try:
+            sock = socket.socket(
+                socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_KOBJECT_UEVENT
+            )
+            sock.bind((0, _KERNEL_GROUP))
+        except OSError:
+            return  # no netlink here (a container): hotplug reloads are not possible
+        self._uevents = sock
+        GLib.io_add_watch(sock.fileno(), GLib.PRIORITY_DEFAULT, GLib.IO_IN, self._on_uevent)
+
+    def _on_uevent(self, _fd: int, _condition: int) -> bool:
+        assert self._uevents is not None
+        try:
+            data = self._uevents.recv(65536)
+        except OSError:
+            return True
+        if hotplug_needs_reload(parse_uevent(data), self._sysroot):
+            self.request(force=True)
+        return True

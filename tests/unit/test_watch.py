@@ -1,0 +1,142 @@
+"""Coalescing reload requests (with a fake clock), hotplug uevents, and unforced reloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdumpd import watch
+from tests.unit.test_service import V, Machine
+
+
+def test_a_burst_becomes_one_reload_after_the_last_event() -> None:
+    c = watch.Coalescer(quiet=2.0, max_wait=20.0)
+    assert c.due(0.0) is None  # nothing pending
+    # a kernel package: the image, modules, then the initrd, then the hook asks
+    for t in (10.0, 10.1, 10.5, 11.9):
+        c.event(t, force=False)
+        assert c.due(t + 1.9) is None
+    assert c.event(13.5, force=True) == 15.5
+    assert c.due(15.4) is None
+    assert c.due(15.5) is True  # one reload, forced because the hook asked
+    assert c.due(30.0) is None  # and nothing more
+
+
+def test_unforced_events_give_an_unforced_reload() -> None:
+    c = watch.Coalescer(quiet=2.0)
+    c.event(0.0, force=False)
+    assert c.due(2.0) is False
+
+
+def test_a_steady_stream_still_reloads_within_max_wait() -> None:
+    c = watch.Coalescer(quiet=2.0, max_wait=5.0)
+    fired = []
+    t = 0.0
+    while t < 12:
+        c.event(t, force=False)
+        t += 1.0
+        result = c.due(t)
+        if result is not None:
+            fired.append(t)
+    assert fired == [5.0, 10.0]
+
+
+def test_separate_bursts_give_separate_reloads() -> None:
+    c = watch.Coalescer(quiet=2.0)
+    c.event(0.0, force=True)
+    assert c.due(2.0) is True
+    c.event(100.0, force=False)
+    assert c.due(101.0) is None and c.due(102.0) is False
+
+
+UEVENT_CPU_ADD = (
+    b"add@/devices/system/cpu/cpu2\0ACTION=add\0DEVPATH=/devices/system/cpu/cpu2\0"
+    b"SUBSYSTEM=cpu\0SEQNUM=2201\0"
+)
+
+
+def test_parse_uevent() -> None:
+    event = watch.parse_uevent(UEVENT_CPU_ADD)
+    assert event == {
+        "ACTION": "add",
+        "DEVPATH": "/devices/system/cpu/cpu2",
+        "SUBSYSTEM": "cpu",
+        "SEQNUM": "2201",
+    }
+
+
+@pytest.mark.parametrize(
+    ("subsystem", "action", "crash_hotplug", "reload"),
+    [
+        ("cpu", "add", None, True),  # before 6.6 there is no crash_hotplug: reload
+        ("cpu", "online", "0", True),
+        ("cpu", "offline", "1", False),  # the kernel updates the crash image itself
+        ("memory", "online", "0", True),
+        ("memory", "remove", "1", False),
+        ("cpu", "change", None, False),
+        ("block", "add", None, False),
+    ],
+)
+def test_hotplug_decision(
+    tmp_path: Path, subsystem: str, action: str, crash_hotplug: str | None, reload: bool
+) -> None:
+    if crash_hotplug is not None:
+        flag = tmp_path / f"sys/devices/system/{subsystem}/crash_hotplug"
+        flag.parent.mkdir(parents=True)
+        flag.write_text(crash_hotplug + "\n")
+    event = {"SUBSYSTEM": subsystem, "ACTION": action}
+    assert watch.hotplug_needs_reload(event, tmp_path) is reload
+
+
+@pytest.fixture(autouse=True)
+def running_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("platform.release", lambda: V)
+
+
+def test_unforced_reload_loads_only_what_changed(tmp_path: Path) -> None:
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    assert len(m.kexec.calls) == 1
+    m.daemon.reload(force=False)  # an event that changed nothing
+    assert len(m.kexec.calls) == 1
+    (m.root / f"boot/initrd.img-{V}").write_bytes(b"\x28\xb5\x2f\xfd new initrd")
+    m.daemon.reload(force=False)
+    assert len(m.kexec.calls) == 2 and m.daemon.status.State == "loaded"
+    m.daemon.reload()  # forced: loads even though nothing changed
+    assert len(m.kexec.calls) == 3
+
+
+def test_config_change_is_a_change(tmp_path: Path) -> None:
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    m.config.write_text("cmdline_append: [loglevel=7]\n")
+    m.daemon.reload(force=False)
+    assert len(m.kexec.calls) == 2 and "loglevel=7" in m.daemon.status.CommandLine
+
+
+def test_garbage_initrd_is_refused_before_the_syscall(tmp_path: Path) -> None:
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    (m.root / f"boot/initrd.img-{V}").write_bytes(b"\0" * 4096)
+    m.daemon.reload(force=False)
+    s = m.daemon.status
+    assert len(m.kexec.calls) == 1  # the loaded crash kernel was never touched
+    assert s.State == "loaded" and s.CrashKernelLoaded and m.kernel_says_loaded()
+    assert "is not an initramfs" in s.LastError
+
+
+def test_watch_targets(tmp_path: Path) -> None:
+    m = Machine(tmp_path, versions=(V, "6.1.0-30-amd64"))
+    m.daemon.reload()
+    targets = m.daemon.watch_targets()
+    assert set(targets) == {m.root / "boot", m.config.parent}
+    matters = targets[m.root / "boot"]
+    assert matters(f"initrd.img-{V}") and matters(f"vmlinuz-{V}")
+    assert matters("kdumpd.yaml")
+    assert not matters("vmlinuz-6.1.0-30-amd64")  # kernel: running ignores other kernels
+    assert not matters("System.map-6.1.0-28-amd64")
+    m.config.write_text("kernel: latest\n")
+    m.daemon.reload()
+    matters = m.daemon.watch_targets()[m.root / "boot"]
+    assert matters("vmlinuz-6.1.0-31-amd64") and matters("initrd.img-6.1.0-31-amd64")
