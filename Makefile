@@ -9,7 +9,8 @@ DIST := dist
 APT_PACKAGES := python3-venv python3-pip python3-gi python3-pydbus python3-systemd \
 	python3-yaml python3-dbusmock dbus policykit-1 qemu-system-x86 qemu-utils debootstrap \
 	e2fsprogs dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-setuptools \
-	python3-all lintian rpm fakeroot
+	python3-all python3-wheel python3-build python3-installer lintian rpm rpmlint python3-rpm \
+	devscripts fakeroot git systemd
 PIP_PACKAGES := pytest ruff mypy types-PyYAML
 
 .PHONY: all deps venv lint unit dbus vm test demo deb rpm image bench clean
