@@ -1,0 +1,105 @@
+"""Issue: the core, on Debian's kernel in a QEMU guest, installed from the package and
+started by systemd; queried with busctl on the real system bus."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.vm.guest import Guest, GuestFactory
+from tests.vm.kdumpd_guest import BUSCTL, OBJ, crash_loaded, journal, prop, status, wait_state
+
+MSG_CONFIG_ERROR = "b4d7d164272e4cf19b97a4ff0c91fe60"
+
+
+@pytest.fixture(scope="module")
+def loaded_guest(make_guest_module: GuestFactory, kdumpd_deb: Path) -> Iterator[Guest]:
+    guest = make_guest_module(append="crashkernel=256M")
+    guest.install_deb(kdumpd_deb)
+    yield guest
+
+
+def test_enabled_and_loaded(loaded_guest: Guest) -> None:
+    g = loaded_guest
+    g.run("systemctl enable --now kdumpd")
+    assert g.run("systemctl is-enabled kdumpd").stdout.strip() == "enabled"
+    s = wait_state(g)
+    assert g.run("systemctl is-active kdumpd").stdout.strip() == "active"
+    assert prop(g, "State") == "loaded", s
+    assert prop(g, "CrashKernelLoaded") == "true"
+    assert crash_loaded(g) == "1"
+    assert prop(g, "ReservedBytes") == str(256 << 20)
+    release = g.run("uname -r").stdout.strip()
+    assert s["KernelVersion"] == release
+    assert s["KernelImage"] == f"/boot/vmlinuz-{release}"
+    assert s["Initrd"] == f"/boot/initrd.img-{release}"
+    assert "crashkernel" not in s["CommandLine"]
+    assert "systemd.unit=kdumpd-capture.target" in s["CommandLine"]
+    assert s["LastLoadUsec"] > 0
+    assert g.run("kdumpd status", check=False).rc == 0
+    assert "crash kernel" in journal(g, "-u", "kdumpd", "MESSAGE_ID=e2e8053d528f4011ad724cf17d624f64")
+
+
+def test_unprivileged_user_reads_but_cannot_reload(loaded_guest: Guest) -> None:
+    g = loaded_guest
+    assert prop(g, "State", user="tester") == "loaded"
+    r = g.run(f"{BUSCTL} call {OBJ} GetStatus", user="tester")
+    assert '"State" s "loaded"' in r.stdout
+    for method in ("Reload", "Unload"):
+        r = g.run(f"{BUSCTL} call {OBJ} {method}", user="tester", check=False)
+        assert r.rc != 0 and "Access denied" in r.stderr, r
+    assert crash_loaded(g) == "1"
+    r = g.run("kdumpd reload", user="tester", check=False)
+    assert r.rc == 1 and r.stderr.startswith("kdumpd reload: permission denied"), r
+
+
+def test_broken_config_on_reload_keeps_the_crash_kernel(loaded_guest: Guest) -> None:
+    g = loaded_guest
+    before = status(g)
+    good = g.read_file("/etc/kdumpd/kdumpd.yaml")
+    try:
+        g.write_file("/etc/kdumpd/kdumpd.yaml", b"dump_level: 31\nkeep_dumps: many\n")
+        check = g.run("kdumpd check", check=False)
+        assert check.rc == 1 and "/etc/kdumpd/kdumpd.yaml:2: keep_dumps" in check.stderr
+        g.run("systemctl reload kdumpd")
+        after = wait_state(g)
+        assert g.run("systemctl is-active kdumpd").stdout.strip() == "active"
+        assert after["State"] == "loaded" and after["CrashKernelLoaded"] is True
+        assert crash_loaded(g) == "1"
+        assert "/etc/kdumpd/kdumpd.yaml:2: keep_dumps" in after["LastError"]
+        assert after["LastLoadUsec"] == before["LastLoadUsec"]
+        assert "keep_dumps" in journal(g, f"MESSAGE_ID={MSG_CONFIG_ERROR}")
+    finally:
+        g.write_file("/etc/kdumpd/kdumpd.yaml", good)
+    g.run("kdumpd reload")
+    assert status(g)["LastError"] == ""
+
+
+def test_unload_and_reload_through_the_cli(loaded_guest: Guest) -> None:
+    g = loaded_guest
+    assert g.run("kdumpd unload", check=False).rc == 0
+    assert crash_loaded(g) == "0" and prop(g, "State") == "not-loaded"
+    assert g.run("kdumpd status", check=False).rc == 3
+    assert g.run("kdumpd reload", check=False).rc == 0
+    assert crash_loaded(g) == "1" and prop(g, "State") == "loaded"
+
+
+def test_crashkernel_command(loaded_guest: Guest) -> None:
+    out = loaded_guest.run("kdumpd crashkernel").stdout
+    assert "crashkernel=256M" in out and "268435456 bytes" in out
+    out = loaded_guest.run("kdumpd crashkernel --json --memory 8G 2G-64G:256M,64G-:512M").stdout
+    assert '"reserved_bytes": 268435456' in out
+
+
+def test_no_reservation(make_guest: GuestFactory, kdumpd_deb: Path) -> None:
+    g = make_guest(append="")
+    g.install_deb(kdumpd_deb)
+    s = wait_state(g)
+    assert s["State"] == "no-reservation" and s["CrashKernelLoaded"] is False
+    assert "There is no crashkernel= on the kernel command line" in s["LastError"]
+    assert "crashkernel=" in s["LastError"].split("Set ", 1)[1]
+    assert g.run("systemctl is-active kdumpd").stdout.strip() == "active"
+    assert g.run("kdumpd status", check=False).rc == 3
+    assert crash_loaded(g) == "0"
