@@ -1,0 +1,104 @@
+"""Issue: crash capture, end to end: sysrq panic, the crash kernel kdumpd loaded boots,
+makedumpfile saves the dump, the machine comes back and lists it over D-Bus."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tests.vm.guest import Guest, GuestFactory
+from tests.vm.kdumpd_guest import BUSCTL, OBJ, journal, wait_state
+
+MSG_DUMP_SAVED = "9ee3014d253246aeaf477c6f3b7f0088"
+
+
+def crash_and_come_back(g: Guest, outcome: str) -> dict[str, float]:
+    """Crash, wait for the capture's outcome on the console and for the next boot."""
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    offset = g.crash()
+    g.wait_console(r"Kernel panic - not syncing: sysrq triggered crash", 120, offset)
+    g.wait_console(r"Command line: .*elfcorehdr=", 300, offset)
+    timings["panic_to_crash_kernel_s"] = time.monotonic() - t0
+    done = g.wait_console(rf"kdumpd: {outcome}; reboot", 600, offset)
+    timings["panic_to_dump_saved_s"] = time.monotonic() - t0
+    # the machine reboots into the normal kernel: its command line has no elfcorehdr=
+    g.wait_console(r"Command line: (?!.*elfcorehdr=).*crashkernel=", 300, offset + done.end())
+    g.wait_booted()
+    timings["panic_to_multi_user_s"] = time.monotonic() - t0
+    print(f"\ncapture timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+    return timings
+
+
+def test_crash_capture_and_listing(make_guest: GuestFactory, kdumpd_deb: Path) -> None:
+    g = make_guest(append="crashkernel=256M")
+    g.install_deb(kdumpd_deb)
+    assert wait_state(g)["State"] == "loaded"
+    crash_and_come_back(g, "capture complete")
+
+    wait_state(g)
+    listed = json.loads(g.run("kdumpd dumps --json").stdout)
+    assert len(listed) == 1, listed
+    dump = listed[0]
+    assert dump["Complete"] is True and dump["Error"] == ""
+    assert dump["PanicMessage"] == "sysrq triggered crash"
+    assert dump["KernelVersion"] == g.run("uname -r").stdout.strip()
+    assert dump["SizeBytes"] > 1 << 20
+    folder = dump["Path"]
+    assert folder.startswith("/var/crash/")
+    human = g.run("kdumpd dumps").stdout
+    assert folder in human and "complete" in human and "sysrq triggered crash" in human
+    over_dbus = g.run(f"{BUSCTL} call {OBJ} ListDumps", user="tester").stdout
+    assert '"PanicMessage" s "sysrq triggered crash"' in over_dbus
+    assert '"Complete" b true' in over_dbus
+    # one announcement, with its MESSAGE_ID, on the first start after the capture
+    announced = journal(g, f"MESSAGE_ID={MSG_DUMP_SAVED}")
+    assert announced.count("a crash dump was saved") == 1, announced
+    g.run("systemctl restart kdumpd")
+    wait_state(g)
+    assert journal(g, f"MESSAGE_ID={MSG_DUMP_SAVED}").count("a crash dump was saved") == 1
+
+    g.shutdown()
+    names = g.debugfs_ls(folder)
+    assert {"vmcore", "vmcore-dmesg.txt", "metadata.json"} <= set(names), names
+    assert "vmcore.incomplete" not in names
+    header = g.debugfs_cat(f"{folder}/vmcore")[:8]
+    assert header in (b"KDUMP   ", b"\x7fELF\x02\x01\x01\x00"), header
+    assert b"sysrq triggered crash" in g.debugfs_cat(f"{folder}/vmcore-dmesg.txt")
+    meta = json.loads(g.debugfs_cat(f"{folder}/metadata.json"))
+    assert meta["complete"] is True and meta["compression"] == "lzo" and meta["dump_level"] == 31
+    assert meta["panic_message"] == "sysrq triggered crash" and meta["duration_s"] > 0
+
+
+SMALL_FS = """
+set -e
+truncate -s 24M /var/lib/small-crash.img
+mkfs.ext4 -q -F /var/lib/small-crash.img
+echo '/var/lib/small-crash.img /var/crash ext4 loop,nofail 0 2' >> /etc/fstab
+mkdir -p /var/crash
+mount /var/crash
+printf 'min_free_space: 1M\\nfailure_action: reboot\\n' > /etc/kdumpd/kdumpd.yaml
+"""
+
+
+def test_capture_failure_on_a_full_file_system(make_guest: GuestFactory, kdumpd_deb: Path) -> None:
+    g = make_guest(append="crashkernel=256M")
+    g.install_deb(kdumpd_deb)
+    g.run(SMALL_FS)
+    g.run("kdumpd reload")
+    assert wait_state(g)["State"] == "loaded"
+    crash_and_come_back(g, "capture failed")
+
+    wait_state(g)
+    assert g.run("findmnt -n -o SOURCE /var/crash").stdout.strip() != ""
+    listed = json.loads(g.run("kdumpd dumps --json").stdout)
+    assert len(listed) == 1, listed
+    dump = listed[0]
+    assert dump["Complete"] is False
+    assert "full" in dump["Error"], dump
+    assert dump["PanicMessage"] == "sysrq triggered crash"
+    assert "vmcore\n" not in g.run(f"ls -1 {dump['Path']}").stdout
+    assert g.run(f"test -e {dump['Path']}/vmcore", check=False).rc == 1
+    assert "could not be saved" in journal(g, f"MESSAGE_ID={MSG_DUMP_SAVED}")
+    assert "INCOMPLETE" in g.run("kdumpd dumps").stdout
