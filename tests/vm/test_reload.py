@@ -1,0 +1,151 @@
+"""Issue: the crash kernel follows kernel installs, initramfs rebuilds, broken files and
+hotplug by itself, and a refused reload brings back the last good crash kernel."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.vm.guest import Guest, GuestFactory
+from tests.vm.kdumpd_guest import crash_loaded, prop, status, wait_state
+
+MSG_LOADED = "e2e8053d528f4011ad724cf17d624f64"
+MSG_LOAD_FAILED = "9fa8477d8c3f4cda82f589d89337b068"
+QUIET_AFTER_S = 25  # the daemon coalesces for at most 20 s; longer silence means no more
+
+
+def cursor(g: Guest) -> str:
+    out = g.run("journalctl --no-pager -n 0 --show-cursor").stdout
+    return out.split("-- cursor: ")[1].strip()
+
+
+def loads_since(g: Guest, after: str) -> list[str]:
+    out = g.run(["journalctl", "--no-pager", "-o", "cat", f"--after-cursor={after}",
+                 f"MESSAGE_ID={MSG_LOADED}"], check=False).stdout
+    return [line for line in out.splitlines() if line.startswith("crash kernel")]
+
+
+def no_more_loads(g: Guest, after: str, expected: int) -> None:
+    """Wait out the coalescing window and check that no further load happened."""
+    result = g.run(["timeout", str(QUIET_AFTER_S), "journalctl", "--no-pager", "-f", "-o", "cat",
+                    f"--after-cursor={after}", f"MESSAGE_ID={MSG_LOADED}"], check=False,
+                   timeout=QUIET_AFTER_S + 30)
+    loads = [line for line in result.stdout.splitlines() if line.startswith("crash kernel")]
+    assert len(loads) == expected, loads
+
+
+def wait_for(g: Guest, predicate_desc: str, check: object, timeout: float = 120.0) -> float:
+    """Poll the daemon's status until check(status) is true; returns the seconds it took."""
+    assert callable(check)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if check(status(g)):
+            return time.monotonic() - t0
+        time.sleep(0.2)
+    raise TimeoutError(f"{predicate_desc}: {status(g)}")
+
+
+@pytest.fixture(scope="module")
+def guest(make_guest_module: GuestFactory, kdumpd_deb: Path) -> Iterator[Guest]:
+    g = make_guest_module(append="crashkernel=256M", cpus=2)
+    g.install_deb(kdumpd_deb)
+    assert wait_state(g)["State"] == "loaded"
+    yield g
+
+
+def test_kernel_install_and_removal(guest: Guest, second_kernel_deb: Path) -> None:
+    g = guest
+    running = g.run("uname -r").stdout.strip()
+    new = re.sub(r"^linux-image-(.+?)_.*$", r"\1", second_kernel_deb.name)
+    g.write_file("/etc/kdumpd/kdumpd.yaml", b"kernel: latest\n")
+    g.run("kdumpd reload")
+    assert status(g)["KernelVersion"] == running
+    before = status(g)["LastLoadUsec"]
+    g.copy_in(second_kernel_deb, f"/tmp/{second_kernel_deb.name}")
+    mark = cursor(g)
+    g.run(["apt-get", "install", "-y", "--no-download", f"/tmp/{second_kernel_deb.name}"],
+          timeout=900, env={"DEBIAN_FRONTEND": "noninteractive"})
+    took = wait_for(g, f"KernelVersion {new}", lambda s: s["KernelVersion"] == new
+                    and s["State"] == "loaded")
+    print(f"\nnew kernel loaded {took:.1f} s after apt-get finished")
+    assert took <= 10.0
+    s = status(g)
+    assert s["LastLoadUsec"] > before and s["Initrd"] == f"/boot/initrd.img-{new}"
+    assert crash_loaded(g) == "1"
+    no_more_loads(g, mark, expected=1)
+
+    mark = cursor(g)
+    g.run(["apt-get", "remove", "-y", f"linux-image-{new}"], timeout=600,
+          env={"DEBIAN_FRONTEND": "noninteractive"})
+    wait_for(g, f"fallback to {running}", lambda s: s["KernelVersion"] == running
+             and s["State"] == "loaded")
+    assert crash_loaded(g) == "1"
+    no_more_loads(g, mark, expected=1)
+
+
+def test_initramfs_rebuild_reloads_once(guest: Guest) -> None:
+    g = guest
+    g.write_file("/etc/kdumpd/kdumpd.yaml", b"")
+    g.run("kdumpd reload")
+    before = status(g)["LastLoadUsec"]
+    mark = cursor(g)
+    g.run("update-initramfs -u -k $(uname -r)", timeout=900)
+    wait_for(g, "a reload", lambda s: s["LastLoadUsec"] > before and s["State"] == "loaded")
+    no_more_loads(g, mark, expected=1)
+
+
+def test_garbage_initrd_keeps_the_last_good_crash_kernel(guest: Guest) -> None:
+    g = guest
+    initrd = f"/boot/initrd.img-{g.run('uname -r').stdout.strip()}"
+    g.run(f"cp -p {initrd} /root/initrd.good")
+    before = status(g)
+    try:
+        g.run(f"head -c 4M /dev/urandom > {initrd}.new && mv {initrd}.new {initrd}")
+        wait_for(g, "the error", lambda s: "is not an initramfs" in s["LastError"])
+        s = status(g)
+        assert s["State"] == "loaded" and s["CrashKernelLoaded"] is True
+        assert crash_loaded(g) == "1"
+        assert s["LastLoadUsec"] == before["LastLoadUsec"]
+    finally:
+        g.run(f"mv /root/initrd.good {initrd}")
+    wait_for(g, "recovery", lambda s: s["LastError"] == "" and s["State"] == "loaded")
+
+
+def test_refused_kernel_brings_back_the_last_good_one(guest: Guest) -> None:
+    """The real kernel frees the loaded crash image before refusing the new one; kdumpd
+    must load its copy of the last good one again."""
+    g = guest
+    g.run("head -c 8M /dev/urandom > /root/garbage-vmlinuz")
+    before = status(g)
+    mark = cursor(g)
+    g.write_file("/etc/kdumpd/kdumpd.yaml", b"kernel_image: /root/garbage-vmlinuz\n")
+    try:
+        wait_for(g, "the refusal", lambda s: "previous crash kernel" in s["LastError"])
+        s = status(g)
+        assert "does not recognise the image format" in s["LastError"], s
+        assert s["State"] == "loaded" and s["CrashKernelLoaded"] is True
+        assert crash_loaded(g) == "1"
+        assert s["KernelImage"] == before["KernelImage"]
+        failed = g.run(["journalctl", "--no-pager", "-o", "cat", f"--after-cursor={mark}",
+                        f"MESSAGE_ID={MSG_LOAD_FAILED}"]).stdout
+        assert "ENOEXEC" in failed
+    finally:
+        g.write_file("/etc/kdumpd/kdumpd.yaml", b"")
+    wait_for(g, "recovery", lambda s: s["LastError"] == "" and s["State"] == "loaded")
+
+
+def test_cpu_hotplug_reloads(guest: Guest) -> None:
+    g = guest
+    assert g.run("test -e /sys/devices/system/cpu/crash_hotplug", check=False).rc == 1, (
+        "this kernel updates the crash image itself; the reload case cannot be shown here")
+    before = status(g)["LastLoadUsec"]
+    mark = cursor(g)
+    g.run("echo 0 > /sys/devices/system/cpu/cpu1/online")
+    g.run("echo 1 > /sys/devices/system/cpu/cpu1/online")
+    wait_for(g, "a hotplug reload", lambda s: s["LastLoadUsec"] > before)
+    assert prop(g, "State") == "loaded" and crash_loaded(g) == "1"
+    no_more_loads(g, mark, expected=1)  # offline and online: one coalesced reload
