@@ -11,18 +11,7 @@ set -euo pipefail
 # shellcheck source=packaging/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-outdir=${1:-$KDUMPD_TOP/dist}
-mkdir -p "$outdir"
-outdir=$(cd "$outdir" && pwd)
-
-kdumpd_system_env
-kdumpd_check_tree
-version=$(kdumpd_version)
-epoch=$(kdumpd_source_epoch)
-export SOURCE_DATE_EPOCH=$epoch
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/kdumpd-deb.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+kdumpd_start_build deb "${1:-}"
 src=$work/kdumpd-$version
 
 kdumpd_copy_tree "$src"
@@ -34,7 +23,7 @@ maintainer=$(sed -n 's/^Maintainer:[[:space:]]*//p' "$src/debian/control")
 {
     printf 'kdumpd (%s) unstable; urgency=medium\n\n' "$version"
     printf '  * Release %s.\n\n' "$version"
-    printf ' -- %s  %s\n' "$maintainer" "$(LC_ALL=C date -u -R -d "@$epoch")"
+    printf ' -- %s  %s\n' "$maintainer" "$(LC_ALL=C date -u -R -d "@$SOURCE_DATE_EPOCH")"
 } >"$src/debian/changelog"
 
 (cd "$src" && dpkg-buildpackage -us -uc -b) >&2

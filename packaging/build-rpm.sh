@@ -15,23 +15,12 @@ set -euo pipefail
 # shellcheck source=packaging/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-outdir=${1:-$KDUMPD_TOP/dist}
-mkdir -p "$outdir"
-outdir=$(cd "$outdir" && pwd)
-
-kdumpd_system_env
-kdumpd_check_tree
-version=$(kdumpd_version)
-epoch=$(kdumpd_source_epoch)
-export SOURCE_DATE_EPOCH=$epoch
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/kdumpd-rpm.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+kdumpd_start_build rpm "${1:-}"
 mkdir -p "$work/SOURCES" "$work/stage"
 
 # Source0: a reproducible tarball of the tree, kdumpd-<version>/...
 kdumpd_copy_tree "$work/stage/kdumpd-$version"
-tar -C "$work/stage" --sort=name --mtime="@$epoch" --owner=0 --group=0 \
+tar -C "$work/stage" --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 \
     --numeric-owner -cf - "kdumpd-$version" | gzip -n >"$work/SOURCES/kdumpd-$version.tar.gz"
 
 rpmbuild -bb --nodeps \

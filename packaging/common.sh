@@ -71,3 +71,20 @@ kdumpd_check_tree() {
     done
     return $missing
 }
+
+# What both build scripts start with: sets outdir (absolute, created), version,
+# SOURCE_DATE_EPOCH and work (a temporary directory removed on exit).
+# Usage: kdumpd_start_build KIND [OUTDIR]
+kdumpd_start_build() {
+    outdir=${2:-$KDUMPD_TOP/dist}
+    mkdir -p "$outdir"
+    outdir=$(cd "$outdir" && pwd)
+    kdumpd_system_env
+    kdumpd_check_tree
+    version=$(kdumpd_version)
+    SOURCE_DATE_EPOCH=$(kdumpd_source_epoch)
+    export SOURCE_DATE_EPOCH
+    work=$(mktemp -d "${TMPDIR:-/tmp}/kdumpd-$1.XXXXXX")
+    # shellcheck disable=SC2064 # expand now: $work is fixed for this build
+    trap "rm -rf '$work'" EXIT
+}

@@ -12,7 +12,9 @@ UNITS = Path(__file__).parents[2] / "units"
 def test_daemon_unit_is_hardened() -> None:
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", str(UNITS / "kdumpd.service")],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     match = re.search(r"Overall exposure level for kdumpd.service: ([0-9.]+)", result.stdout)
     assert match, result.stdout + result.stderr

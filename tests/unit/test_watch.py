@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kdumpd import watch
-from tests.unit.test_service import V, Machine
+from tests.unit.test_service import Machine, V
 
 
 def test_a_burst_becomes_one_reload_after_the_last_event() -> None:

@@ -38,8 +38,11 @@ def main() -> int:
         print("\n[guest]# echo c > /proc/sysrq-trigger", flush=True)
         offset = g.console_offset()
         timings = crash_and_come_back(g, "capture complete")
-        capture = [line for line in g.console_text(offset).splitlines()
-                   if re.search(r"Kernel panic|kdumpd: |Command line:", line)]
+        capture = [
+            line
+            for line in g.console_text(offset).splitlines()
+            if re.search(r"Kernel panic|kdumpd: |Command line:", line)
+        ]
         print("\n--- serial console (excerpt) ---\n" + "\n".join(capture), flush=True)
         wait_state(g)
         show(g, "kdumpd dumps")

@@ -17,8 +17,12 @@ OBJ = "org.kdumpd.Kdump1 /org/kdumpd/Kdump1 org.kdumpd.Kdump1"
 
 def build_deb(outdir: Path) -> Path:
     """The Debian package of this tree, built fresh so the guest runs what is checked out."""
-    result = subprocess.run([str(ROOT / "packaging/build-deb.sh"), str(outdir)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [str(ROOT / "packaging/build-deb.sh"), str(outdir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"building the .deb failed:\n{result.stderr[-4000:]}")
     return Path(result.stdout.strip().splitlines()[-1])
@@ -38,17 +42,21 @@ def status(guest: Guest) -> dict[str, Any]:
     return parsed
 
 
-def wait_state(guest: Guest, timeout: float = 120.0, not_in: tuple[str, ...] = ("loading",),
-               ) -> dict[str, Any]:
+def wait_state(
+    guest: Guest,
+    timeout: float = 120.0,
+    not_in: tuple[str, ...] = ("loading",),
+) -> dict[str, Any]:
     """Wait until the daemon answers on the bus with a State outside `not_in`."""
     deadline = time.monotonic() + timeout
-    last: dict[str, Any] | str = "no answer"
+    last = "no answer"
     while time.monotonic() < deadline:
         result = guest.run("kdumpd status --json", check=False)
         if result.rc in (0, 3):
-            last = json.loads(result.stdout)
-            if last["State"] not in not_in:
-                return last
+            answer: dict[str, Any] = json.loads(result.stdout)
+            if answer["State"] not in not_in:
+                return answer
+            last = str(answer)
         else:
             last = result.stderr.strip()
         time.sleep(0.5)

@@ -12,6 +12,7 @@ from tests.vm.guest import Guest, GuestFactory
 from tests.vm.kdumpd_guest import BUSCTL, OBJ, crash_loaded, journal, prop, status, wait_state
 
 MSG_CONFIG_ERROR = "b4d7d164272e4cf19b97a4ff0c91fe60"
+MSG_LOADED = "e2e8053d528f4011ad724cf17d624f64"
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def test_enabled_and_loaded(loaded_guest: Guest) -> None:
     assert "systemd.unit=kdumpd-capture.target" in s["CommandLine"]
     assert s["LastLoadUsec"] > 0
     assert g.run("kdumpd status", check=False).rc == 0
-    assert "crash kernel" in journal(g, "-u", "kdumpd", "MESSAGE_ID=e2e8053d528f4011ad724cf17d624f64")
+    assert "crash kernel" in journal(g, "-u", "kdumpd", f"MESSAGE_ID={MSG_LOADED}")
 
 
 def test_unprivileged_user_reads_but_cannot_reload(loaded_guest: Guest) -> None:

@@ -24,16 +24,37 @@ def cursor(g: Guest) -> str:
 
 
 def loads_since(g: Guest, after: str) -> list[str]:
-    out = g.run(["journalctl", "--no-pager", "-o", "cat", f"--after-cursor={after}",
-                 f"MESSAGE_ID={MSG_LOADED}"], check=False).stdout
+    out = g.run(
+        [
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "cat",
+            f"--after-cursor={after}",
+            f"MESSAGE_ID={MSG_LOADED}",
+        ],
+        check=False,
+    ).stdout
     return [line for line in out.splitlines() if line.startswith("crash kernel")]
 
 
 def no_more_loads(g: Guest, after: str, expected: int) -> None:
     """Wait out the coalescing window and check that no further load happened."""
-    result = g.run(["timeout", str(QUIET_AFTER_S), "journalctl", "--no-pager", "-f", "-o", "cat",
-                    f"--after-cursor={after}", f"MESSAGE_ID={MSG_LOADED}"], check=False,
-                   timeout=QUIET_AFTER_S + 30)
+    result = g.run(
+        [
+            "timeout",
+            str(QUIET_AFTER_S),
+            "journalctl",
+            "--no-pager",
+            "-f",
+            "-o",
+            "cat",
+            f"--after-cursor={after}",
+            f"MESSAGE_ID={MSG_LOADED}",
+        ],
+        check=False,
+        timeout=QUIET_AFTER_S + 30,
+    )
     loads = [line for line in result.stdout.splitlines() if line.startswith("crash kernel")]
     assert len(loads) == expected, loads
 
@@ -67,10 +88,14 @@ def test_kernel_install_and_removal(guest: Guest, second_kernel_deb: Path) -> No
     before = status(g)["LastLoadUsec"]
     g.copy_in(second_kernel_deb, f"/tmp/{second_kernel_deb.name}")
     mark = cursor(g)
-    g.run(["apt-get", "install", "-y", "--no-download", f"/tmp/{second_kernel_deb.name}"],
-          timeout=900, env={"DEBIAN_FRONTEND": "noninteractive"})
-    took = wait_for(g, f"KernelVersion {new}", lambda s: s["KernelVersion"] == new
-                    and s["State"] == "loaded")
+    g.run(
+        ["apt-get", "install", "-y", "--no-download", f"/tmp/{second_kernel_deb.name}"],
+        timeout=900,
+        env={"DEBIAN_FRONTEND": "noninteractive"},
+    )
+    took = wait_for(
+        g, f"KernelVersion {new}", lambda s: s["KernelVersion"] == new and s["State"] == "loaded"
+    )
     print(f"\nnew kernel loaded {took:.1f} s after apt-get finished")
     assert took <= 10.0
     s = status(g)
@@ -79,10 +104,16 @@ def test_kernel_install_and_removal(guest: Guest, second_kernel_deb: Path) -> No
     no_more_loads(g, mark, expected=1)
 
     mark = cursor(g)
-    g.run(["apt-get", "remove", "-y", f"linux-image-{new}"], timeout=600,
-          env={"DEBIAN_FRONTEND": "noninteractive"})
-    wait_for(g, f"fallback to {running}", lambda s: s["KernelVersion"] == running
-             and s["State"] == "loaded")
+    g.run(
+        ["apt-get", "remove", "-y", f"linux-image-{new}"],
+        timeout=600,
+        env={"DEBIAN_FRONTEND": "noninteractive"},
+    )
+    wait_for(
+        g,
+        f"fallback to {running}",
+        lambda s: s["KernelVersion"] == running and s["State"] == "loaded",
+    )
     assert crash_loaded(g) == "1"
     no_more_loads(g, mark, expected=1)
 
@@ -130,8 +161,16 @@ def test_refused_kernel_brings_back_the_last_good_one(guest: Guest) -> None:
         assert s["State"] == "loaded" and s["CrashKernelLoaded"] is True
         assert crash_loaded(g) == "1"
         assert s["KernelImage"] == before["KernelImage"]
-        failed = g.run(["journalctl", "--no-pager", "-o", "cat", f"--after-cursor={mark}",
-                        f"MESSAGE_ID={MSG_LOAD_FAILED}"]).stdout
+        failed = g.run(
+            [
+                "journalctl",
+                "--no-pager",
+                "-o",
+                "cat",
+                f"--after-cursor={mark}",
+                f"MESSAGE_ID={MSG_LOAD_FAILED}",
+            ]
+        ).stdout
         assert "ENOEXEC" in failed
     finally:
         g.write_file("/etc/kdumpd/kdumpd.yaml", b"")
@@ -141,7 +180,8 @@ def test_refused_kernel_brings_back_the_last_good_one(guest: Guest) -> None:
 def test_cpu_hotplug_reloads(guest: Guest) -> None:
     g = guest
     assert g.run("test -e /sys/devices/system/cpu/crash_hotplug", check=False).rc == 1, (
-        "this kernel updates the crash image itself; the reload case cannot be shown here")
+        "this kernel updates the crash image itself; the reload case cannot be shown here"
+    )
     before = status(g)["LastLoadUsec"]
     mark = cursor(g)
     g.run("echo 0 > /sys/devices/system/cpu/cpu1/online")
