@@ -142,6 +142,11 @@ class Daemon:
             self._reload()
         except Failure as failure:
             self._fail(failure.state, str(failure))
+        except OSError as e:  # a file vanished between choosing and reading it
+            self._fail("failed", str(e))
+        except Exception as e:  # a bug: say so instead of staying "loading" for ever
+            self._fail("failed", f"internal error: {e!r}")
+            raise
 
     def _fail(self, state: str, message: str) -> None:
         # Whatever went wrong, a crash kernel that is still loaded keeps the machine covered.
