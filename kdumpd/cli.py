@@ -118,8 +118,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         files, note = kernels.choose(cfg, platform.release(), sysroot)
         if note:
             warnings.append(note)
-        kernel_size = files.image.stat().st_size
-        initrd_size = files.initrd.stat().st_size if files.initrd else 0
+        kernel_size, initrd_size = files.sizes()
         print(f"crash kernel: {files.version} ({files.image}, {files.initrd or 'no initrd'})")
     except (kernels.KernelNotFound, OSError) as e:
         problems.append(str(e))
@@ -174,8 +173,7 @@ def cmd_crashkernel(args: argparse.Namespace) -> int:
         return EXIT_OK
     try:
         files, _ = kernels.choose(config.Config(), platform.release())
-        kernel_size = files.image.stat().st_size
-        initrd_size = files.initrd.stat().st_size if files.initrd else 0
+        kernel_size, initrd_size = files.sizes()
     except (kernels.KernelNotFound, OSError):
         kernel_size = initrd_size = 0
     recommended = reservation.recommended_bytes(ram, kernel_size, initrd_size)

@@ -28,6 +28,10 @@ class KernelFiles:
     image: Path
     initrd: Path | None
 
+    def sizes(self) -> tuple[int, int]:
+        """Bytes of the kernel image and the initrd (0 without one)."""
+        return self.image.stat().st_size, self.initrd.stat().st_size if self.initrd else 0
+
 
 def version_key(version: str) -> list[tuple[int, int | str]]:
     """Sort key close to dpkg's order: numbers compare as numbers, text as text."""

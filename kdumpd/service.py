@@ -218,11 +218,7 @@ class Daemon:
         if note:
             journal.send(journal.WARNING, note, kernel_version=files.version)
         res = reservation.read_reservation(self.sysroot)
-        recommended = reservation.recommended_bytes(
-            res.ram_bytes,
-            files.image.stat().st_size,
-            files.initrd.stat().st_size if files.initrd else 0,
-        )
+        recommended = reservation.recommended_bytes(res.ram_bytes, *files.sizes())
         self._set(ReservedBytes=res.reserved_bytes, RecommendedBytes=recommended)
         verdict = reservation.assess(res, recommended, cfg.min_reservation)
         warning = ""
