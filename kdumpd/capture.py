@@ -118,6 +118,39 @@ def metadata(
     }
 
 
+def mounts_needed(dump_path: Path, fstab: str, mounted: set[str]) -> list[str]:
+    """fstab mount points on the way to dump_path that are not mounted yet, outermost first.
+
+    local-fs.target does not wait for `nofail` or `noauto` entries, so the capture kernel may
+    reach us before the dump file system is there; writing to the root file system beneath it
+    instead would fill the wrong disk."""
+    points = []
+    for line in fstab.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or fields[0].startswith("#") or not fields[1].startswith("/"):
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = dump_path == Path(point) or Path(point) in dump_path.parents
+        if inside and point != "/" and point not in mounted:
+            points.append(point)
+    return sorted(points, key=lambda p: p.count("/"))
+
+
+def _mount_dump_path(dump_path: Path) -> None:
+    try:
+        fstab = Path("/etc/fstab").read_text()
+        mounted = {
+            line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        }
+    except OSError:
+        return
+    for point in mounts_needed(dump_path, fstab, mounted):
+        say(f"mounting {point} for the dump")
+        result = subprocess.run(["mount", point], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise CaptureError(f"cannot mount {point}: {result.stderr.strip()}")
+
+
 def _write_json(path: Path, value: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
@@ -146,6 +179,7 @@ class Capture:
             info = vmcore.vmcoreinfo(f)
         version = info.get("OSRELEASE", os.uname().release)
         root = self.cfg.dump_path
+        _mount_dump_path(root)
         root.mkdir(parents=True, exist_ok=True)
         for victim in retention_victims(dumps.scan(root), self.cfg.keep_dumps):
             say(f"removing old dump {victim} (keep_dumps: {self.cfg.keep_dumps})")
@@ -229,7 +263,7 @@ def main(config_path: Path) -> int:
         return 1
     try:
         ok = Capture(cfg).run()
-    except OSError as e:
+    except (OSError, CaptureError) as e:
         say(f"capture FAILED: {e}")
         ok = False
     action = cfg.final_action if ok else cfg.failure_action

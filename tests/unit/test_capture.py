@@ -180,3 +180,23 @@ def test_announce_once(
     _dump(tmp_path / "crash", "b", usec=2, complete=False)
     capture.announce_new(tmp_path / "crash", state)
     assert "could not be saved" in capsys.readouterr().err
+
+
+FSTAB = """\
+# <file system> <mount point> <type> <options> <dump> <pass>
+/dev/vda / ext4 rw 0 1
+/var/lib/small.img /var/crash ext4 loop,nofail 0 2
+/dev/vdb /srv ext4 defaults 0 2
+UUID=1234 /srv/dumps\\040here xfs noauto 0 2
+proc /proc proc defaults 0 0
+"""
+
+
+def test_mounts_needed_for_the_dump_path() -> None:
+    assert capture.mounts_needed(Path("/var/crash"), FSTAB, {"/", "/proc"}) == ["/var/crash"]
+    assert capture.mounts_needed(Path("/var/crash"), FSTAB, {"/", "/var/crash"}) == []
+    assert capture.mounts_needed(Path("/var/crashes"), FSTAB, {"/"}) == []
+    assert capture.mounts_needed(Path("/srv/dumps here/x"), FSTAB, {"/"}) == [
+        "/srv",
+        "/srv/dumps here",
+    ]
