@@ -140,8 +140,8 @@ class Watcher:
         event: Gio.FileMonitorEvent,
         matters: Callable[[str], bool],
     ) -> None:
-        if event in (Gio.FileMonitorEvent.ATTRIBUTE_CHANGED, Gio.FileMonitorEvent.CHANGED):
-            return  # wait for CHANGES_DONE_HINT, CREATED, DELETED or a rename
+        if event == Gio.FileMonitorEvent.ATTRIBUTE_CHANGED:
+            return  # touch or chmod: the content is the same
         names = [f.get_basename() for f in (file, other) if f is not None]
         if any(matters(n) for n in names):
             self.request(force=False)

@@ -1,0 +1,1 @@
+"""QEMU guest test harness for kdumpd."""

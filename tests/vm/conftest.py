@@ -1,0 +1,160 @@
+"""Fixtures for the QEMU guest tests: the cached image, booted throwaway guests, packages."""
+
+from __future__ import annotations
+
+import re
+import struct
+import subprocess
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+# Absolute imports, as the test modules use: one copy of each module, whatever pytest names us.
+from tests.vm.guest import BootOptions, Guest, GuestFactory
+from tests.vm.image import CACHE_ROOT, ImagePaths, ensure_image, locked
+
+VM_DIR = Path(__file__).parent
+GUESTS = pytest.StashKey[list[Guest]]()
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selection looks at the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if VM_DIR in item.path.parents:
+            item.add_marker(pytest.mark.vm)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        # Guests of this test, and of its module when a module-scoped guest was used.
+        module = item.getparent(pytest.Module)
+        own: list[Guest] = item.stash.get(GUESTS, [])
+        shared: list[Guest] = module.stash.get(GUESTS, []) if module is not None else []
+        for g in own + shared:
+            title = f"{g.name} console (last 60 lines of {g.console_log})"
+            report.sections.append((title, g.console_tail()))
+    return report
+
+
+@pytest.fixture(scope="session")
+def vm_image() -> ImagePaths:
+    return ensure_image()
+
+
+def _factory(
+    image: ImagePaths, node: pytest.Item | pytest.Collector, workdir: Path, prefix: str
+) -> tuple[GuestFactory, list[Guest]]:
+    guests: list[Guest] = []
+    node.stash[GUESTS] = guests
+
+    def make(
+        *,
+        memory_mb: int = 1024,
+        cpus: int = 2,
+        maxcpus: int | None = None,
+        append: str = "",
+        reboot: bool = True,
+        boot: bool = True,
+        boot_timeout: float | None = None,
+    ) -> Guest:
+        name = f"{prefix}{len(guests)}"
+        opts = BootOptions(
+            memory_mb=memory_mb, cpus=cpus, maxcpus=maxcpus, append=append, reboot=reboot
+        )
+        g = Guest(image, workdir / name, name, opts)
+        guests.append(g)
+        g.start()
+        if boot:
+            g.wait_booted(boot_timeout)
+            print(f"\n{name}: booted in {g.timings['since_start']:.1f}s ({append or 'no append'})")
+        return g
+
+    return make, guests
+
+
+@pytest.fixture
+def make_guest(
+    vm_image: ImagePaths, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[GuestFactory]:
+    """``make_guest(**boot options)`` -> a started, booted guest, killed at teardown."""
+    make, guests = _factory(vm_image, request.node, tmp_path, "guest")
+    try:
+        yield make
+    finally:
+        for g in guests:
+            g.close()
+
+
+@pytest.fixture(scope="module")
+def make_guest_module(
+    vm_image: ImagePaths, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GuestFactory]:
+    """Like ``make_guest``, for guests shared by the tests of one module."""
+    workdir = tmp_path_factory.mktemp(request.node.name.removesuffix(".py"))
+    make, guests = _factory(vm_image, request.node, workdir, "mguest")
+    try:
+        yield make
+    finally:
+        for g in guests:
+            g.close()
+
+
+@pytest.fixture(scope="session")
+def kdumpd_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Debian package built from this tree."""
+    from tests.vm.kdumpd_guest import build_deb  # the project's helper; needed only here
+
+    return build_deb(tmp_path_factory.mktemp("deb"))
+
+
+def kernel_release(vmlinuz: Path) -> str:
+    """The release string of a bzImage, from its setup header (no need to boot or mount)."""
+    data = vmlinuz.read_bytes()[:0x10000]
+    (offset,) = struct.unpack_from("<H", data, 0x20E)
+    return data[0x200 + offset :].split(b" ", 1)[0].decode()
+
+
+@pytest.fixture(scope="session")
+def second_kernel_deb(vm_image: ImagePaths) -> Path:
+    """A newer Debian kernel package than the image's own, fetched once with apt-get download.
+
+    Newer, because the tests install it and expect kdumpd's "latest" kernel choice to follow."""
+    running = kernel_release(vm_image.kernel)
+    abi = int(running.split("-")[1])  # 6.1.0-50-amd64 -> 50
+    names = subprocess.run(
+        ["apt-cache", "search", "--names-only", r"^linux-image-6\.1\.0-[0-9]+-amd64$"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    abis = sorted(
+        int(m.group(1)) for n in names if (m := re.fullmatch(r"linux-image-6\.1\.0-(\d+)-amd64", n))
+    )
+    candidates = [f"linux-image-6.1.0-{n}-amd64" for n in abis if n > abi]
+    if not candidates:
+        pytest.fail(
+            f"apt knows no Debian 6.1 kernel package newer than {running} "
+            "(run apt-get update on the host)"
+        )
+    name = candidates[-1]
+    debs = CACHE_ROOT / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    with locked(debs / ".lock"):  # concurrent sessions must not see a half-downloaded file
+        found = sorted(debs.glob(f"{name}_*.deb"))
+        if not found:
+            dl = subprocess.run(
+                ["apt-get", "download", "-q", name],
+                cwd=debs,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            found = sorted(debs.glob(f"{name}_*.deb"))
+            if dl.returncode != 0 or not found:
+                pytest.fail(f"apt-get download {name} failed ({dl.returncode}):\n{dl.stderr}")
+    return found[-1]
