@@ -1,0 +1,131 @@
+"""kdumpd against Debian's kdump-tools, in the same run, on the same guest image.
+
+For each: a fresh Debian 12 guest (1 GiB, 2 vCPUs, QEMU TCG, crashkernel=256M) with the
+service installed from its package; a reboot, then how long the service took at boot to
+load the crash kernel (systemd's own timestamps); a sysrq crash, then the seconds from the
+panic to the saved dump and to multi-user again. Prints one table. No assertions: numbers.
+
+    python -m bench.run            (make bench)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.vm.guest import BootOptions, Guest
+from tests.vm.image import CACHE_ROOT, ensure_image
+from tests.vm.kdumpd_guest import build_deb, crash_loaded, wait_state
+
+# kdump-tools and what it needs beyond the test image, fetched once with apt-get download.
+BASELINE_PACKAGES = (
+    "kdump-tools",
+    "kexec-tools",
+    "bsdextrautils",
+    "busybox",
+    "file",
+    "libmagic1",
+    "libmagic-mgc",
+    "ucf",
+)
+
+
+@dataclass
+class Service:
+    name: str
+    unit: str
+    install: Callable[[Guest], object]
+    saved: str  # console text once the dump is on disk
+
+
+def _debs(names: tuple[str, ...]) -> list[Path]:
+    cache = CACHE_ROOT / "debs"
+    cache.mkdir(parents=True, exist_ok=True)
+    missing = [n for n in names if not list(cache.glob(f"{n}_*.deb"))]
+    if missing:
+        subprocess.run(["apt-get", "download", "-q", *missing], cwd=cache, check=True)
+    return [sorted(cache.glob(f"{n}_*.deb"))[-1] for n in names]
+
+
+def install_kdump_tools(g: Guest) -> None:
+    paths = []
+    for deb in _debs(BASELINE_PACKAGES):
+        g.copy_in(deb, f"/tmp/{deb.name}")
+        paths.append(f"/tmp/{deb.name}")
+    g.run(
+        ["apt-get", "install", "-y", "--no-download", *paths],
+        timeout=900,
+        env={"DEBIAN_FRONTEND": "noninteractive"},
+    )
+    g.run("sed -i 's/^USE_KDUMP=.*/USE_KDUMP=1/' /etc/default/kdump-tools")
+    g.run("systemctl enable kdump-tools && systemctl restart kdump-tools", timeout=900)
+
+
+def boot_load_seconds(g: Guest, unit: str) -> float:
+    """From the unit's start to its readiness, in systemd's monotonic clock."""
+    out = g.run(
+        [
+            "systemctl",
+            "show",
+            unit,
+            "-p",
+            "ExecMainStartTimestampMonotonic",
+            "-p",
+            "ActiveEnterTimestampMonotonic",
+            "-p",
+            "InactiveExitTimestampMonotonic",
+        ]
+    ).stdout
+    values = dict(line.split("=", 1) for line in out.splitlines())
+    start = int(values["InactiveExitTimestampMonotonic"])
+    return (int(values["ActiveEnterTimestampMonotonic"]) - start) / 1e6
+
+
+def measure(service: Service, workdir: Path) -> dict[str, float]:
+    image = ensure_image()
+    opts = BootOptions(append="crashkernel=256M")
+    with Guest(image, workdir / service.name, service.name, opts) as g:
+        g.start()
+        g.wait_booted()
+        service.install(g)
+        offset = g.reboot()
+        g.wait_console(r"Linux version", 300, offset)
+        g.wait_booted()
+        if service.name == "kdumpd":
+            wait_state(g)
+        results = {"boot: load crash kernel (s)": boot_load_seconds(g, service.unit)}
+        assert crash_loaded(g) == "1", f"{service.name} did not load a crash kernel"
+        t0 = time.monotonic()
+        offset = g.crash()
+        g.wait_console(service.saved, 900, offset)
+        results["panic -> dump saved (s)"] = time.monotonic() - t0
+        done = g.console_offset()
+        g.wait_console(r"Command line: (?!.*elfcorehdr=).*crashkernel=", 600, done)
+        g.wait_booted()
+        results["panic -> multi-user (s)"] = time.monotonic() - t0
+        g.shutdown()
+    return results
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="kdumpd-bench-"))
+    deb = build_deb(work)
+    services = [
+        Service("kdumpd", "kdumpd.service", lambda g: g.install_deb(deb), r"kdumpd: dump saved"),
+        Service("kdump-tools", "kdump-tools.service", install_kdump_tools, r"saved vmcore in"),
+    ]
+    table = {s.name: measure(s, work) for s in services}
+    rows = list(next(iter(table.values())))
+    print(f"\n{'':32}" + "".join(f"{name:>14}" for name in table))
+    for row in rows:
+        print(f"{row:32}" + "".join(f"{table[name][row]:14.1f}" for name in table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
