@@ -13,7 +13,7 @@ APT_PACKAGES := python3-venv python3-pip python3-gi python3-pydbus python3-syste
 	devscripts fakeroot git systemd
 PIP_PACKAGES := pytest ruff mypy types-PyYAML
 
-.PHONY: all deps venv lint unit dbus vm test demo deb rpm image bench clean
+.PHONY: all deps venv lint unit dbus vm test demo deb rpm image bench bench-reservation clean
 
 all: test
 
@@ -67,6 +67,9 @@ demo: venv deb image
 
 bench: venv deb image
 	$(PY) -m bench.run
+
+bench-reservation: venv deb image
+	$(PY) -m bench.min_reservation
 
 clean:
 	rm -rf $(VENV) $(DIST) build .mypy_cache .ruff_cache .pytest_cache
