@@ -58,7 +58,7 @@ def install_kdump_tools(g: Guest) -> None:
         g.copy_in(deb, f"/tmp/{deb.name}")
         paths.append(f"/tmp/{deb.name}")
     g.run(
-        ["apt-get", "install", "-y", "--no-download", *paths],
+        ["apt-get", "install", "-y", *paths],
         timeout=900,
         env={"DEBIAN_FRONTEND": "noninteractive"},
     )

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 SUITE = "bookworm"
 DISK_SIZE = "3G"
@@ -285,7 +286,10 @@ def _remove_stale_builds(held_key: str) -> None:
 
 
 def _prune_old_images(current: str) -> None:
-    """Drop images of older recipes (~750 MB each); a guest still running keeps its open file."""
+    """Drop images of other recipes (~750 MB each) that no process is using.
+
+    Users hold a shared lock on their image's lock file (see ``_hold``), so the exclusive
+    non-blocking lock taken here fails for any image a test session still needs."""
     for old in CACHE_ROOT.iterdir():
         if old.name == current or not re.fullmatch(r"[0-9a-f]{16}", old.name):
             continue
@@ -299,28 +303,45 @@ def _prune_old_images(current: str) -> None:
         # The empty lock file stays: unlinking it could let two builders lock different inodes.
 
 
+_HELD: dict[str, TextIO] = {}  # shared locks on the images this process uses, kept until exit
+
+
+def _hold(key: str) -> bool:
+    """Take a shared lock on a complete image so no other recipe's build prunes it under us."""
+    if key in _HELD:
+        return True
+    fh = (CACHE_ROOT / f".{key}.lock").open("a")
+    fcntl.flock(fh, fcntl.LOCK_SH)
+    if not (CACHE_ROOT / key).is_dir():  # pruned (or never built) before we got the lock
+        fh.close()
+        return False
+    _HELD[key] = fh
+    return True
+
+
 def ensure_image() -> ImagePaths:
-    """Return the cached image for the current recipe, building it first if needed."""
+    """Return the cached image for the current recipe, building it first if needed.
+
+    The image stays locked (shared) for the life of this process."""
     key = image_key()
     final = CACHE_ROOT / key
-    if final.is_dir():
-        return _paths(final)
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
-    with locked(CACHE_ROOT / f".{key}.lock"):
-        if final.is_dir():  # another builder finished while we waited for the lock
-            return _paths(final)
-        _remove_stale_builds(key)
-        tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=CACHE_ROOT))
-        t0 = time.monotonic()
-        try:
-            _build(tmp)
-            tmp.chmod(0o755)  # mkdtemp made it 0700
-            os.rename(tmp, final)  # atomic: the key dir is either complete or absent
-        except BaseException:
-            _remove_tree(tmp)
-            raise
-        _log(f"image {key} built in {time.monotonic() - t0:.0f}s")
-        _prune_old_images(key)
+    while not _hold(key):
+        with locked(CACHE_ROOT / f".{key}.lock"):
+            if final.is_dir():  # another builder finished while we waited for the lock
+                continue
+            _remove_stale_builds(key)
+            tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=CACHE_ROOT))
+            t0 = time.monotonic()
+            try:
+                _build(tmp)
+                tmp.chmod(0o755)  # mkdtemp made it 0700
+                os.rename(tmp, final)  # atomic: the key dir is either complete or absent
+            except BaseException:
+                _remove_tree(tmp)
+                raise
+            _log(f"image {key} built in {time.monotonic() - t0:.0f}s")
+    _prune_old_images(key)
     return _paths(final)
 
 

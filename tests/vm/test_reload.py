@@ -82,7 +82,7 @@ def test_kernel_install_and_removal(guest: Guest, second_kernel_deb: Path) -> No
     g.copy_in(second_kernel_deb, f"/tmp/{second_kernel_deb.name}")
     mark = cursor(g)
     g.run(
-        ["apt-get", "install", "-y", "--no-download", f"/tmp/{second_kernel_deb.name}"],
+        ["apt-get", "install", "-y", f"/tmp/{second_kernel_deb.name}"],
         timeout=900,
         env={"DEBIAN_FRONTEND": "noninteractive"},
     )
