@@ -61,10 +61,16 @@ def _factory(
         reboot: bool = True,
         boot: bool = True,
         boot_timeout: float | None = None,
+        extra_qemu_args: list[str] | None = None,
     ) -> Guest:
         name = f"{prefix}{len(guests)}"
         opts = BootOptions(
-            memory_mb=memory_mb, cpus=cpus, maxcpus=maxcpus, append=append, reboot=reboot
+            memory_mb=memory_mb,
+            cpus=cpus,
+            maxcpus=maxcpus,
+            append=append,
+            reboot=reboot,
+            extra_qemu_args=extra_qemu_args or [],
         )
         g = Guest(image, workdir / name, name, opts)
         guests.append(g)

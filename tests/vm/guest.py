@@ -735,4 +735,5 @@ class GuestFactory(Protocol):
         reboot: bool = ...,
         boot: bool = ...,
         boot_timeout: float | None = ...,
+        extra_qemu_args: list[str] | None = ...,
     ) -> Guest: ...

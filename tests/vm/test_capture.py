@@ -4,6 +4,7 @@ makedumpfile saves the dump, the machine comes back and lists it over D-Bus."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -71,21 +72,26 @@ def test_crash_capture_and_listing(make_guest: GuestFactory, kdumpd_deb: Path) -
     assert meta["panic_message"] == "sysrq triggered crash" and meta["duration_s"] > 0
 
 
-SMALL_FS = """
+# A second disk, too small for the dump, mounted on /var/crash as an administrator would.
+SMALL_DISK_FSTAB = """
 set -e
-truncate -s 24M /var/lib/small-crash.img
-mkfs.ext4 -q -F /var/lib/small-crash.img
-echo '/var/lib/small-crash.img /var/crash ext4 loop,nofail 0 2' >> /etc/fstab
-mkdir -p /var/crash
+echo '/dev/vdb /var/crash ext4 defaults 0 2' >> /etc/fstab
 mount /var/crash
 printf 'min_free_space: 1M\\nfailure_action: reboot\\n' > /etc/kdumpd/kdumpd.yaml
 """
 
 
-def test_capture_failure_on_a_full_file_system(make_guest: GuestFactory, kdumpd_deb: Path) -> None:
-    g = make_guest(append="crashkernel=256M")
+def test_capture_failure_on_a_full_file_system(
+    make_guest: GuestFactory, kdumpd_deb: Path, tmp_path: Path
+) -> None:
+    small = tmp_path / "small.img"
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(small), "16M"], check=True)
+    g = make_guest(
+        append="crashkernel=256M",
+        extra_qemu_args=["-drive", f"file={small},format=raw,if=virtio"],
+    )
     g.install_deb(kdumpd_deb)
-    g.run(SMALL_FS)
+    g.run(SMALL_DISK_FSTAB)
     g.run("kdumpd reload")
     assert wait_state(g)["State"] == "loaded"
     crash_and_come_back(g, "capture failed")
