@@ -59,7 +59,7 @@ vm: venv deb image
 	$(PY) -m pytest -q tests/vm
 
 test: lint deb rpm
-	packaging/lint.sh $(DIST)
+	packaging/lint.sh $(DIST)/kdumpd_*_all.deb $(DIST)/kdumpd-*.noarch.rpm
 	$(PY) -m pytest -q tests
 
 demo: venv deb image
