@@ -9,13 +9,16 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import Any
 
 from kdumpd.loader import KEXEC_FILE_ON_CRASH, KEXEC_FILE_UNLOAD, Kexec, KexecError
+from kdumpd.service import Daemon
 
 GIB = 1 << 30
 MIB = 1 << 20
 KERNEL = b"MZ fake kernel image " * 512
 INITRD = b"\x1f\x8b fake initrd " * 4096
+V = "6.1.0-28-amd64"  # the running kernel in a fake machine
 
 
 def make_sysroot(
@@ -77,3 +80,16 @@ class FakeKexec(Kexec):
             raise KexecError(errno.EADDRNOTAVAIL, what)
         self.loaded_kernel = kernel
         self._set_loaded(True)
+
+
+class Machine:
+    def __init__(self, tmp_path: Path, **sysroot: Any) -> None:
+        self.root = make_sysroot(tmp_path / "root", **sysroot)
+        self.config = tmp_path / "kdumpd.yaml"
+        self.config.write_text("")
+        self.kexec = FakeKexec(self.root)
+        self.changes: list[dict[str, Any]] = []
+        self.daemon = Daemon(self.config, self.kexec, self.root, self.changes.append)
+
+    def kernel_says_loaded(self) -> bool:
+        return (self.root / "sys/kernel/kexec_crash_loaded").read_text().strip() == "1"

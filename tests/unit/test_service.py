@@ -3,32 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import pytest
-
-from kdumpd.service import Daemon
-from tests.fakes import GIB, KERNEL, MIB, FakeKexec, make_sysroot
-
-V = "6.1.0-28-amd64"
-
-
-class Machine:
-    def __init__(self, tmp_path: Path, **sysroot: Any) -> None:
-        self.root = make_sysroot(tmp_path / "root", **sysroot)
-        self.config = tmp_path / "kdumpd.yaml"
-        self.config.write_text("")
-        self.kexec = FakeKexec(self.root)
-        self.changes: list[dict[str, Any]] = []
-        self.daemon = Daemon(self.config, self.kexec, self.root, self.changes.append)
-
-    def kernel_says_loaded(self) -> bool:
-        return (self.root / "sys/kernel/kexec_crash_loaded").read_text().strip() == "1"
-
-
-@pytest.fixture(autouse=True)
-def running_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("platform.release", lambda: V)
+from tests.fakes import GIB, KERNEL, MIB, Machine, V
 
 
 def test_loads_the_running_kernel(tmp_path: Path) -> None:

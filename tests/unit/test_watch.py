@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kdumpd import watch
-from tests.unit.test_service import Machine, V
+from tests.fakes import Machine, V
 
 
 def test_a_burst_becomes_one_reload_after_the_last_event() -> None:
@@ -87,11 +87,6 @@ def test_hotplug_decision(
         flag.write_text(crash_hotplug + "\n")
     event = {"SUBSYSTEM": subsystem, "ACTION": action}
     assert watch.hotplug_needs_reload(event, tmp_path) is reload
-
-
-@pytest.fixture(autouse=True)
-def running_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("platform.release", lambda: V)
 
 
 def test_unforced_reload_loads_only_what_changed(tmp_path: Path) -> None:
