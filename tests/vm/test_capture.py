@@ -17,6 +17,9 @@ MSG_DUMP_SAVED = "9ee3014d253246aeaf477c6f3b7f0088"
 def crash_and_come_back(g: Guest, outcome: str) -> dict[str, float]:
     """Crash, wait for the capture's outcome on the console and for the next boot."""
     timings: dict[str, float] = {}
+    # What the test just wrote (fstab, config) may still be only in the page cache: ext4
+    # writes delayed data back after 30 s, and the crash kernel reads the disk.
+    g.run("sync")
     t0 = time.monotonic()
     offset = g.crash()
     g.wait_console(r"Kernel panic - not syncing: sysrq triggered crash", 120, offset)
