@@ -35,6 +35,7 @@ def attempt(size_mb: int, deb: Path, workdir: Path) -> str:
         if state["State"] != "loaded":
             return f"not loaded: {state['LastError']}"
         t0 = time.monotonic()
+        g.run("sync")  # the crash kernel reads the disk, not our page cache
         offset = g.crash()
         g.wait_console(r"Command line: .*elfcorehdr=", 300, offset)
         try:
