@@ -54,14 +54,14 @@ def test_install_upgrade_purge(make_guest: GuestFactory, kdumpd_deb: Path, tmp_p
         assert member in introspect
     assert "dump_path: /var/crash" in g.run("cat /etc/kdumpd/kdumpd.yaml").stdout
 
-    g.run("echo 'keep_dumps: 3' >> /etc/kdumpd/kdumpd.yaml")
+    g.run("sed -i 's/^keep_dumps: 5$/keep_dumps: 3/' /etc/kdumpd/kdumpd.yaml")
     pid = g.run("systemctl show -p MainPID --value kdumpd").stdout.strip()
     g.copy_in(newer_deb, f"/tmp/{newer_deb.name}")
     g.run(["apt-get", "install", "-y", f"/tmp/{newer_deb.name}"], env=APT_ENV, timeout=600)
     assert g.run("dpkg-query -W -f '${Version}' kdumpd").stdout == newer
     assert g.run("systemctl show -p MainPID --value kdumpd").stdout.strip() != pid
     assert wait_state(g)["State"] == "loaded" and crash_loaded(g) == "1"
-    assert "keep_dumps: 3" in g.run("cat /etc/kdumpd/kdumpd.yaml").stdout
+    assert "\nkeep_dumps: 3\n" in g.run("cat /etc/kdumpd/kdumpd.yaml").stdout
     assert status(g)["LastError"] == ""
 
     owned = g.run("dpkg -L kdumpd").stdout.split()  # before the purge: afterwards dpkg forgets
