@@ -117,6 +117,7 @@ class KdumpObject:
         self._worker = worker
         self._bus = bus
         self._ready = False
+        self._force_pending = False
         self.watcher = Watcher(self.reload_now, daemon.sysroot)
 
     def __getattr__(self, name: str) -> Any:
@@ -151,8 +152,12 @@ class KdumpObject:
         self.watcher.request(force)
 
     def reload_now(self, force: bool) -> None:
+        # A forced request that finds an unforced one still queued must not be lost.
+        self._force_pending = self._force_pending or force
+
         def job() -> None:
-            self._daemon.reload(force)
+            forced, self._force_pending = self._force_pending, False
+            self._daemon.reload(forced)
             GLib.idle_add(self._reloaded)
 
         self._worker.submit("reload", job)

@@ -136,6 +136,8 @@ class Daemon:
         files differ from what is loaded, so events that change nothing load nothing.
         """
         if not force and self._unchanged():
+            if self.status.State == "loading":  # a request merged into this one marked it
+                self._set(State="loaded")
             return
         self.mark_loading()
         try:

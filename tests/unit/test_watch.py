@@ -102,6 +102,14 @@ def test_unforced_reload_loads_only_what_changed(tmp_path: Path) -> None:
     assert len(m.kexec.calls) == 3
 
 
+def test_unforced_reload_that_finds_nothing_new_ends_loading(tmp_path: Path) -> None:
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    m.daemon.mark_loading()  # a forced request was merged into a queued unforced one
+    m.daemon.reload(force=False)
+    assert m.daemon.status.State == "loaded" and len(m.kexec.calls) == 1
+
+
 def test_config_change_is_a_change(tmp_path: Path) -> None:
     m = Machine(tmp_path)
     m.daemon.reload()

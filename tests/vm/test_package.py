@@ -73,5 +73,5 @@ def test_install_upgrade_purge(make_guest: GuestFactory, kdumpd_deb: Path, tmp_p
     files = [p for p in owned if g.run(["test", "-d", p], check=False).rc != 0]
     gone = ["/etc/kdumpd", "/var/lib/kdumpd", "/usr/lib/python3/dist-packages/kdumpd"]
     left = [p for p in files + gone if g.run(["test", "-e", p], check=False).rc == 0]
-    assert left == [], left
+    assert left == [], g.run(["find", *left], check=False).stdout
     assert g.run("test -e /var/crash/2026-01-01-000000-x/vmcore", check=False).rc == 0
