@@ -237,12 +237,15 @@ class Capture:
         if compression != self.cfg.compression:
             say(f"this makedumpfile has no {self.cfg.compression} support; using {compression}")
         say(" ".join(command))
-        # makedumpfile's progress goes straight to the console.
-        result = subprocess.run(command, stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
+        # makedumpfile reports errors on stdout and progress on stderr: keep both for the
+        # console and for the reason.
+        result = subprocess.run(command, capture_output=True, text=True)
+        output = result.stdout + result.stderr
+        sys.stdout.write(output)
         if result.returncode != 0:
-            sys.stderr.write(result.stderr)
-            reason = result.stderr.strip().splitlines()[-1:] or [f"exit {result.returncode}"]
-            if "No space left" in result.stderr:
+            lines = [line.strip() for line in output.splitlines() if "eta:" not in line]
+            reason = [line for line in lines if line][-1:] or [f"exit {result.returncode}"]
+            if "No space left" in output:
                 incomplete.unlink(missing_ok=True)  # a partial dump must not fill the disk
                 reason = [f"the dump file system is full ({self.cfg.dump_path})"]
             raise CaptureError(f"makedumpfile failed: {reason[0]}")
