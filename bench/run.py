@@ -106,7 +106,7 @@ def measure(service: Service, workdir: Path) -> dict[str, float]:
         g.wait_console(service.saved, 900, offset)
         results["panic -> dump saved (s)"] = time.monotonic() - t0
         done = g.console_offset()
-        g.wait_console(r"Command line: (?!.*elfcorehdr=).*crashkernel=", 600, done)
+        g.wait_console(r"Command line: (?!.*elfcorehdr=).*crashkernel=.*\n", 600, done)
         g.wait_booted()
         results["panic -> multi-user (s)"] = time.monotonic() - t0
         g.shutdown()

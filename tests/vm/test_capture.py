@@ -28,7 +28,7 @@ def crash_and_come_back(g: Guest, outcome: str) -> dict[str, float]:
     done = g.wait_console(rf"kdumpd: {outcome}; reboot", 600, offset)
     timings["panic_to_dump_saved_s"] = time.monotonic() - t0
     # the machine reboots into the normal kernel: its command line has no elfcorehdr=
-    g.wait_console(r"Command line: (?!.*elfcorehdr=).*crashkernel=", 300, offset + done.end())
+    g.wait_console(r"Command line: (?!.*elfcorehdr=).*crashkernel=.*\n", 300, offset + done.end())
     g.wait_booted()
     timings["panic_to_multi_user_s"] = time.monotonic() - t0
     print(f"\ncapture timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
