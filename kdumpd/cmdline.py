@@ -47,6 +47,11 @@ APPEND = (
     "usbcore.nousb",
     "udev.children-max=1",
     f"systemd.unit={CAPTURE_TARGET}",
+    # sysinit.target units that only cost time in capture: flushing (and rotating) the
+    # dead system's journal, its utmp boot record, binfmt registration.
+    "systemd.mask=systemd-journal-flush.service",
+    "systemd.mask=systemd-update-utmp.service",
+    "systemd.mask=systemd-binfmt.service",
 )
 # Firmware and memory features that cost memory or hang in a crash kernel on x86.
 APPEND_X86 = ("mce=off", "numa=off", "acpi_no_memhotplug", "hest_disable", "nokaslr")
@@ -82,6 +87,14 @@ def name(param: str) -> str:
     return param.split("=", 1)[0]
 
 
+# Parameters that may be given many times, each adding a value: they replace nothing.
+REPEATABLE = ("systemd.mask", "systemd.wants")
+
+
+def _key(param: str) -> str:
+    return param if name(param) in REPEATABLE else name(param)
+
+
 def _matches(param: str, pattern: str) -> bool:
     """'quiet' removes quiet and quiet=...; 'console=tty0' removes only that exact one."""
     return param == pattern if "=" in pattern else name(param) == pattern
@@ -94,18 +107,21 @@ def build(
     machine: str = "x86_64",
     max_len: int = 2047,
 ) -> str:
-    """The capture command line; parameters in `append` replace same-named defaults."""
+    """The capture command line. Parameters in `append` replace same-named defaults;
+    `remove` applies to the running command line and to the defaults."""
     params = split(running)
     if "--" in params:  # what follows belongs to init, not to the kernel
         params = params[: params.index("--")]
     extra = [*APPEND, *(APPEND_X86 if machine == "x86_64" else ())]
-    user_names = {name(p) for p in append}
-    added = [p for p in extra if name(p) not in user_names] + list(append)
-    added_names = {name(p) for p in added}
+    user_keys = {_key(p) for p in append}
+    added = [
+        p for p in extra if _key(p) not in user_keys and not any(_matches(p, r) for r in remove)
+    ] + list(append)
+    added_keys = {_key(p) for p in added}
     kept = [
         p
         for p in params
-        if name(p) not in added_names and not any(_matches(p, r) for r in (*REMOVE, *remove))
+        if _key(p) not in added_keys and not any(_matches(p, r) for r in (*REMOVE, *remove))
     ]
     result = " ".join(kept + added)
     limit = max_len - ELFCOREHDR_RESERVE

@@ -66,3 +66,24 @@ def test_too_long_is_refused_with_numbers() -> None:
     assert cmdline.build(DEBIAN, max_len=short_limit)
     with pytest.raises(cmdline.CmdlineTooLong):
         cmdline.build(DEBIAN, max_len=short_limit - 1)
+
+
+def test_unit_masks_add_up_and_can_be_removed() -> None:
+    default_masks = [p for p in cmdline.APPEND if p.startswith("systemd.mask=")]
+    assert "systemd.mask=systemd-journal-flush.service" in default_masks
+    line = cmdline.build(
+        DEBIAN + " systemd.mask=broken.service",
+        remove=("systemd.mask=systemd-binfmt.service",),
+        append=("systemd.mask=slow.service",),
+    )
+    masks = [p for p in cmdline.split(line) if p.startswith("systemd.mask=")]
+    assert "systemd.mask=broken.service" in masks  # the running system's mask is kept
+    assert "systemd.mask=slow.service" in masks  # the user's adds to the defaults
+    assert "systemd.mask=systemd-binfmt.service" not in masks  # removed by the user
+    assert set(default_masks) - set(masks) == {"systemd.mask=systemd-binfmt.service"}
+
+
+def test_user_remove_drops_a_default() -> None:
+    params = cmdline.split(cmdline.build(DEBIAN, remove=("irqpoll", "numa")))
+    assert "irqpoll" not in params and "numa=off" not in params
+    assert "reset_devices" in params
