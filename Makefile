@@ -13,7 +13,7 @@ APT_PACKAGES := python3-venv python3-pip python3-gi python3-pydbus python3-syste
 	devscripts fakeroot git systemd
 PIP_PACKAGES := pytest ruff mypy types-PyYAML
 
-.PHONY: all deps venv lint unit dbus vm test demo deb rpm image bench bench-reservation clean
+.PHONY: all deps venv lint unit dbus vm test demo deb rpm image bench bench-reservation bench-compression clean
 
 all: test
 
@@ -70,6 +70,9 @@ bench: venv deb image
 
 bench-reservation: venv deb image
 	$(PY) -m bench.min_reservation
+
+bench-compression: venv deb image
+	$(PY) -m bench.compression
 
 clean:
 	rm -rf $(VENV) $(DIST) build .mypy_cache .ruff_cache .pytest_cache

@@ -34,6 +34,7 @@ def attempt(size_mb: int, deb: Path, workdir: Path) -> str:
         state = wait_state(g)
         if state["State"] != "loaded":
             return f"not loaded: {state['LastError']}"
+        recommended = f"(kdumpd recommends {int(state['RecommendedBytes']) >> 20}M)"
         t0 = time.monotonic()
         g.run("sync")  # the crash kernel reads the disk, not our page cache
         offset = g.crash()
@@ -41,8 +42,8 @@ def attempt(size_mb: int, deb: Path, workdir: Path) -> str:
         try:
             found = g.wait_console(OUTCOME, 900, g.console_offset())
         except (GuestTimeoutError, GuestError) as e:
-            return f"no outcome: {str(e).splitlines()[0]}"
-        return f"{found.group(0)} after {time.monotonic() - t0:.0f} s"
+            return f"no outcome: {str(e).splitlines()[0]} {recommended}"
+        return f"{found.group(0)} after {time.monotonic() - t0:.0f} s {recommended}"
 
 
 def main(argv: list[str]) -> int:
