@@ -33,16 +33,19 @@ def _when(usec: int) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from kdumpd import capture, dbus_service
     from kdumpd.loader import Kexec
-    from kdumpd.service import Daemon
+    from kdumpd.service import Daemon, start_first_load
+
+    daemon = Daemon(args.config, Kexec())
+    first_load = start_first_load(daemon)
+    from kdumpd import capture, dbus_service
 
     try:
         dump_path = config.load(args.config).dump_path
     except config.ConfigError:
-        dump_path = config.Config().dump_path  # the reload that follows reports the error
+        dump_path = config.Config().dump_path  # the first load reports the error
     capture.announce_new(dump_path, ANNOUNCED)
-    return dbus_service.serve(Daemon(args.config, Kexec()))
+    return dbus_service.serve(daemon, first_load)
 
 
 def cmd_capture(args: argparse.Namespace) -> int:

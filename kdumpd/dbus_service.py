@@ -162,6 +162,15 @@ class KdumpObject:
 
         self._worker.submit("reload", job)
 
+    def adopt_load(self, load: threading.Thread) -> None:
+        """The first load, started before the bus was set up: ready once it has finished."""
+
+        def job() -> None:
+            load.join()
+            GLib.idle_add(self._reloaded)
+
+        self._worker.submit("first-load", job)
+
     def _reloaded(self) -> bool:
         self._ready = True
         self.watcher.watch_files(self._daemon.watch_targets())
@@ -195,8 +204,9 @@ def _status_words(status: Status) -> str:
     return f"{text}: {status.LastError}" if status.LastError else text
 
 
-def serve(daemon: Daemon, bus: Any | None = None) -> int:
-    """Run the daemon until SIGTERM. Returns the exit status."""
+def serve(daemon: Daemon, first_load: threading.Thread, bus: Any | None = None) -> int:
+    """Run the daemon until SIGTERM; READY=1 once `first_load` (service.start_first_load)
+    has finished. Returns the exit status."""
     # pydbus logs a traceback for every error reply, AccessDenied included; our errors are
     # deliberate and unexpected ones are reported by the worker.
     logging.getLogger("pydbus").setLevel(logging.CRITICAL)
@@ -222,7 +232,7 @@ def serve(daemon: Daemon, bus: Any | None = None) -> int:
         registration.unregister()
         return 1
 
-    obj.reload_now(force=True)
+    obj.adopt_load(first_load)
     obj.watcher.watch_hotplug()
 
     def on_hup() -> bool:

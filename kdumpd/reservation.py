@@ -443,28 +443,31 @@ def read_reservation(sysroot: Path = Path("/")) -> Reservation:
 
 
 # --- How much memory capture needs -------------------------------------------
-# Each constant is a first estimate, to be calibrated against real VMs. Known
-# point: Debian 12 kdump-tools (no Python in its capture path) needs 120M on a
-# 1 GiB guest and hangs at 112M.
+# Calibrated on a 1 GiB Debian 12 guest (kernel 6.1, 8.0 MiB bzImage, 5.8 MiB initrd,
+# QEMU TCG) with `make bench-reservation`: capture works at 112M (slowly, under memory
+# pressure) and 128M, and runs out of memory at 96M while unpacking the initramfs.
+# Debian's kdump-tools needs 120M on the same guest.
 
-# A distro bzImage/Image.gz decompresses to 3-4x its size in memory
-# (text + data + bss); RHEL's "kdumpctl estimate" counts the decompressed size.
-KERNEL_IMAGE_FACTOR = 4
-# A compressed initramfs unpacks into tmpfs at roughly 3x (gzip/zstd on a cpio
-# of binaries and modules); the compressed copy is freed after unpacking.
+# What the crash kernel holds from its first instant: Debian's 6.1 bzImage of 8.0 MiB
+# becomes 45 MiB of text, data, init and bss, plus ~13 MiB of early allocations (page
+# tables, memory map, per-CPU areas): 58 MiB, about 7x the image.
+KERNEL_IMAGE_FACTOR = 7
+# The compressed initramfs stays until it is unpacked into tmpfs at roughly 2x (zstd or
+# gzip on a cpio of binaries and modules): 3x in all at the peak.
 INITRD_UNPACK_FACTOR = 3
-# The capture kernel's own allocations with nr_cpus=1: slab, per-CPU areas,
-# page tables, /proc/vmcore's ELF headers, socket and block buffers.
-KERNEL_RUNTIME_BYTES = 32 * MiB
-# Resident memory of capture userspace: systemd, Python and makedumpfile
-# (RHEL's estimate uses a 64M "runtime reservation" for the same role).
-CAPTURE_USERSPACE_BYTES = 64 * MiB
+# The capture kernel's allocations later on with nr_cpus=1: slab, /proc/vmcore's ELF
+# headers, socket and block buffers.
+KERNEL_RUNTIME_BYTES = 8 * MiB
+# Resident memory of capture userspace: systemd, udev, journald, Python and makedumpfile,
+# with the page cache capture needs to go at full speed (48 MiB left after boot at 112M
+# was enough but slow; 64 MiB at 128M ran at full speed).
+CAPTURE_USERSPACE_BYTES = 40 * MiB
 # makedumpfile keeps two bitmaps of one bit per 4K page of the crashed system's
 # RAM; in cyclic mode they are cut into pieces, so this is an upper bound.
 BITMAP_BITS_PER_PAGE = 2
 # Suggestions land on multiples of 16M (x86's CRASH_ALIGN) ...
 RECOMMENDED_ALIGN = 16 * MiB
-# ... and never below 128M: no current distro kernel captures in less.
+# ... and never below 128M: under it, capture that fits still runs under memory pressure.
 RECOMMENDED_FLOOR = 128 * MiB
 
 

@@ -334,3 +334,11 @@ class Daemon:
         self._set(
             State="loaded" if loaded else "not-loaded", CrashKernelLoaded=loaded, LastError=""
         )
+
+
+def start_first_load(daemon: Daemon) -> threading.Thread:
+    """The first load needs no bus: started before GLib and pydbus are imported (seconds on
+    a slow machine at boot), it runs alongside them, mostly in the kernel without the GIL."""
+    load = threading.Thread(target=daemon.reload, args=(True,), name="kdumpd-first-load")
+    load.start()
+    return load

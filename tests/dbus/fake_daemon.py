@@ -6,10 +6,13 @@ Run as: python -m tests.dbus.fake_daemon SYSROOT CONFIG (with DBUS_SYSTEM_BUS_AD
 import sys
 from pathlib import Path
 
-from kdumpd import dbus_service
-from kdumpd.service import Daemon
+from kdumpd.service import Daemon, start_first_load
 from tests.fakes import FakeKexec
 
 if __name__ == "__main__":
     sysroot, config = Path(sys.argv[1]), Path(sys.argv[2])
-    sys.exit(dbus_service.serve(Daemon(config, FakeKexec(sysroot), sysroot)))
+    daemon = Daemon(config, FakeKexec(sysroot), sysroot)
+    first_load = start_first_load(daemon)  # as `kdumpd serve` does, before the bus exists
+    from kdumpd import dbus_service
+
+    sys.exit(dbus_service.serve(daemon, first_load))
