@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,51 @@ def check_space(free_bytes: int, minimum: int, path: Path) -> None:
             f"only {human_size(free_bytes)} free on {path}, below min_free_space "
             f"({human_size(minimum)}); no dump written"
         )
+
+
+# makedumpfile's progress lines: "Copying data   : [ 34.2 %] /   eta: 3s".
+_PROGRESS = re.compile(r": \[ *[0-9.]+ %\]")
+# At most one progress line per this many seconds on the console: makedumpfile prints one
+# per step and per cycle, thousands on a big machine, and the serial console is slow.
+PROGRESS_EVERY = 5.0
+
+
+class ProgressFilter:
+    """Which of makedumpfile's output lines reach the console."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._shown = -PROGRESS_EVERY
+
+    def show(self, line: str) -> bool:
+        if not _PROGRESS.search(line):
+            return True
+        now = self._clock()
+        if now - self._shown < PROGRESS_EVERY:
+            return False
+        self._shown = now
+        return True
+
+
+def run_makedumpfile(command: list[str]) -> tuple[int, list[str]]:
+    """Run makedumpfile with its messages on the console as they come (errors go to its
+    stdout, progress to stderr: both are read). Returns the exit status and the lines that
+    are not progress."""
+    shown = ProgressFilter()
+    messages = []
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:  # universal newlines: progress redrawn with \r splits too
+            line = raw.strip()
+            if not line:
+                continue
+            if not _PROGRESS.search(line):
+                messages.append(line)
+            if shown.show(line):
+                print(line, flush=True)
+    return proc.returncode, messages
 
 
 def makedumpfile_command(
@@ -237,15 +283,10 @@ class Capture:
         if compression != self.cfg.compression:
             say(f"this makedumpfile has no {self.cfg.compression} support; using {compression}")
         say(" ".join(command))
-        # makedumpfile reports errors on stdout and progress on stderr: keep both for the
-        # console and for the reason.
-        result = subprocess.run(command, capture_output=True, text=True)
-        output = result.stdout + result.stderr
-        sys.stdout.write(output)
-        if result.returncode != 0:
-            lines = [line.strip() for line in output.splitlines() if "eta:" not in line]
-            reason = [line for line in lines if line][-1:] or [f"exit {result.returncode}"]
-            if "No space left" in output:
+        returncode, output = run_makedumpfile(command)
+        if returncode != 0:
+            reason = output[-1:] or [f"exit {returncode}"]
+            if any("No space left" in line for line in output):
                 incomplete.unlink(missing_ok=True)  # a partial dump must not fill the disk
                 reason = [f"the dump file system is full ({self.cfg.dump_path})"]
             raise CaptureError(f"makedumpfile failed: {reason[0]}")

@@ -200,3 +200,35 @@ def test_mounts_needed_for_the_dump_path() -> None:
         "/srv",
         "/srv/dumps here",
     ]
+
+
+def test_progress_lines_are_thinned_messages_are_not() -> None:
+    now = [100.0]
+    shown = capture.ProgressFilter(clock=lambda: now[0])
+    progress = "Copying data                     : [ 34.2 %] /           eta: 3s"
+    assert shown.show(progress)  # the first one
+    now[0] += 1
+    assert not shown.show(progress.replace("34.2", "40.0"))
+    assert shown.show("The dumpfile is saved to /var/crash/x/vmcore.incomplete.")
+    now[0] += capture.PROGRESS_EVERY
+    assert shown.show("Excluding unnecessary pages        : [100.0 %] |")
+
+
+def test_run_makedumpfile_streams_and_keeps_messages(capsys: pytest.CaptureFixture[str]) -> None:
+    # what makedumpfile prints when the disk fills: progress on stderr (redrawn with \r),
+    # the error on stdout
+    script = (
+        "for i in 1 2 3 4 5; do printf 'Copying data   : [ %s0.0 %%] /  eta: 1s\\r' $i >&2; done;"
+        " echo 'write_and_check_space: No space left on device';"
+        " echo 'makedumpfile Failed.'; exit 1"
+    )
+    rc, messages = capture.run_makedumpfile(["sh", "-c", script])
+    assert rc == 1
+    assert messages == [
+        "write_and_check_space: No space left on device",
+        "makedumpfile Failed.",
+    ]
+    console = capsys.readouterr().out.splitlines()
+    assert console[0].startswith("Copying data   : [ 10.0 %]")
+    assert sum("Copying data" in line for line in console) == 1  # the rest within 5 s
+    assert console[-1] == "makedumpfile Failed."
