@@ -7,6 +7,7 @@ and synced, so a file named vmcore is always a whole dump.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,17 @@ def _fsync(path: Path) -> None:
 class Capture:
     cfg: config.Config
     source: Path = VMCORE
+    # The dump's capture.log: kept after the reboot, where the crash kernel's journal is not.
+    log: Path | None = field(default=None, init=False)
+
+    def _log_lines(self, lines: list[str]) -> None:
+        if self.log:
+            with contextlib.suppress(OSError), self.log.open("a") as f:  # a full disk too
+                f.writelines(f"{line}\n" for line in lines)
+
+    def _say(self, message: str) -> None:
+        say(message)
+        self._log_lines([f"kdumpd: {message}"])
 
     def run(self) -> bool:
         """Save the dump; True when a complete vmcore was written."""
@@ -228,11 +240,12 @@ class Capture:
         _mount_dump_path(root)
         root.mkdir(parents=True, exist_ok=True)
         for victim in retention_victims(dumps.scan(root), self.cfg.keep_dumps):
-            say(f"removing old dump {victim} (keep_dumps: {self.cfg.keep_dumps})")
+            self._say(f"removing old dump {victim} (keep_dumps: {self.cfg.keep_dumps})")
             shutil.rmtree(victim, ignore_errors=True)
         folder = root / folder_name(started, version)
         folder.mkdir()
-        say(f"saving the dump of {version} to {folder}")
+        self.log = folder / dumps.CAPTURE_LOG
+        self._say(f"saving the dump of {version} to {folder}")
         panic, compression, size, error = "", self.cfg.compression, 0, ""
         try:
             panic = self._dmesg(folder)
@@ -241,7 +254,7 @@ class Capture:
             size, compression = self._dump(folder)
         except CaptureError as e:
             error = str(e)
-            say(f"capture FAILED: {error}")
+            self._say(f"capture FAILED: {error}")
         meta = metadata(
             started=started,
             finished=time.time(),
@@ -254,7 +267,7 @@ class Capture:
         )
         _write_json(folder / dumps.METADATA, meta)
         if not error:
-            say(
+            self._say(
                 f"dump saved: {folder / dumps.VMCORE} ({human_size(size)} in "
                 f"{meta['duration_s']} s)"
             )
@@ -268,10 +281,10 @@ class Capture:
             text=True,
         )
         if result.returncode != 0 or not target.exists():
-            say(f"could not extract the kernel log: {result.stderr.strip()}")
+            self._say(f"could not extract the kernel log: {result.stderr.strip()}")
             return ""
         panic = vmcore.panic_message(target.read_text(errors="replace"))
-        say(f"panic: {panic or 'unknown'}")
+        self._say(f"panic: {panic or 'unknown'}")
         return panic
 
     def _dump(self, folder: Path) -> tuple[int, str]:
@@ -281,9 +294,12 @@ class Capture:
             self.cfg, self.source, incomplete, supported_compressions(version)
         )
         if compression != self.cfg.compression:
-            say(f"this makedumpfile has no {self.cfg.compression} support; using {compression}")
-        say(" ".join(command))
+            self._say(
+                f"this makedumpfile has no {self.cfg.compression} support; using {compression}"
+            )
+        self._say(" ".join(command))
         returncode, output = run_makedumpfile(command)
+        self._log_lines(output)
         if returncode != 0:
             reason = output[-1:] or [f"exit {returncode}"]
             if any("No space left" in line for line in output):

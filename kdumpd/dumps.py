@@ -12,6 +12,7 @@ METADATA = "metadata.json"
 VMCORE = "vmcore"
 INCOMPLETE = "vmcore.incomplete"
 DMESG = "vmcore-dmesg.txt"
+CAPTURE_LOG = "capture.log"
 
 # D-Bus types of the a{sv} that ListDumps returns for each dump.
 FIELD_TYPES = {

@@ -232,3 +232,64 @@ def test_run_makedumpfile_streams_and_keeps_messages(capsys: pytest.CaptureFixtu
     assert console[0].startswith("Copying data   : [ 10.0 %]")
     assert sum("Copying data" in line for line in console) == 1  # the rest within 5 s
     assert console[-1] == "makedumpfile Failed."
+
+
+FAKE_MAKEDUMPFILE = """#!/bin/sh
+case "$1" in
+  -v) printf 'makedumpfile: version 1.7.2\\nlzo\\tenabled\\nzstd\\tdisabled\\n' ;;
+  --dump-dmesg) cp "$FAKE_DMESG" "$3" ;;
+  *) for target; do :; done
+     printf 'Copying data   : [ 50.0 %%] /  eta: 1s\\n' >&2
+     if [ -n "$FAKE_FULL" ]; then
+       printf 'KDU' > "$target"; echo 'write_cache: No space left on device'
+       echo 'makedumpfile Failed.'; exit 1
+     fi
+     printf 'KDUMP   ' > "$target"; echo 'makedumpfile Completed.' ;;
+esac
+"""
+
+
+@pytest.fixture
+def fake_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> capture.Capture:
+    """A crash kernel's view: /proc/vmcore with its VMCOREINFO, and makedumpfile on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "makedumpfile").write_text(FAKE_MAKEDUMPFILE)
+    (bin_dir / "makedumpfile").chmod(0o755)
+    (tmp_path / "dmesg").write_text(SYSRQ_DMESG)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_DMESG", str(tmp_path / "dmesg"))
+    source = tmp_path / "vmcore"
+    source.write_bytes(_elf_with_vmcoreinfo(b"OSRELEASE=6.1.0-28-amd64\n"))
+    cfg = config.Config(dump_path=tmp_path / "crash", min_free_space=0)
+    return capture.Capture(cfg, source)
+
+
+def test_capture_saves_the_dump_with_its_log(fake_crash: capture.Capture) -> None:
+    assert fake_crash.run()
+    (folder,) = fake_crash.cfg.dump_path.iterdir()
+    assert folder.name.endswith("-6.1.0-28-amd64")
+    assert (folder / dumps.VMCORE).read_bytes() == b"KDUMP   "
+    assert not (folder / dumps.INCOMPLETE).exists()
+    meta = json.loads((folder / dumps.METADATA).read_text())
+    assert meta["panic_message"] == "sysrq triggered crash" and meta["complete"]
+    log = (folder / dumps.CAPTURE_LOG).read_text()
+    for line in (
+        "kdumpd: saving the dump of 6.1.0-28-amd64",
+        "makedumpfile Completed.",
+        "kdumpd: dump saved",
+    ):
+        assert line in log
+    assert "Copying data" not in log  # progress is for the console only
+
+
+def test_capture_on_a_full_disk_leaves_no_vmcore_and_says_why(
+    fake_crash: capture.Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_FULL", "1")
+    assert not fake_crash.run()
+    (folder,) = fake_crash.cfg.dump_path.iterdir()
+    assert not (folder / dumps.VMCORE).exists() and not (folder / dumps.INCOMPLETE).exists()
+    why = "makedumpfile failed: the dump file system is full"
+    assert why in json.loads((folder / dumps.METADATA).read_text())["error"]
+    assert f"kdumpd: capture FAILED: {why}" in (folder / dumps.CAPTURE_LOG).read_text()

@@ -65,7 +65,7 @@ def test_crash_capture_and_listing(make_guest: GuestFactory, kdumpd_deb: Path) -
 
     g.shutdown()
     names = g.debugfs_ls(folder)
-    assert {"vmcore", "vmcore-dmesg.txt", "metadata.json"} <= set(names), names
+    assert {"vmcore", "vmcore-dmesg.txt", "metadata.json", "capture.log"} <= set(names), names
     assert "vmcore.incomplete" not in names
     header = g.debugfs_cat(f"{folder}/vmcore")[:8]
     assert header in (b"KDUMP   ", b"\x7fELF\x02\x01\x01\x00"), header
@@ -73,6 +73,8 @@ def test_crash_capture_and_listing(make_guest: GuestFactory, kdumpd_deb: Path) -
     meta = json.loads(g.debugfs_cat(f"{folder}/metadata.json"))
     assert meta["complete"] is True and meta["compression"] == "lzo" and meta["dump_level"] == 31
     assert meta["panic_message"] == "sysrq triggered crash" and meta["duration_s"] > 0
+    log = g.debugfs_cat(f"{folder}/capture.log").decode()
+    assert "makedumpfile Completed." in log and "kdumpd: dump saved" in log, log
 
 
 # A second disk, too small for the dump, mounted on /var/crash as an administrator would.
@@ -111,3 +113,4 @@ def test_capture_failure_on_a_full_file_system(
     assert g.run(f"test -e {dump['Path']}/vmcore", check=False).rc == 1
     assert "could not be saved" in journal(g, f"MESSAGE_ID={MSG_DUMP_SAVED}")
     assert "INCOMPLETE" in g.run("kdumpd dumps").stdout
+    assert "the dump file system is full" in g.run(f"cat {dump['Path']}/capture.log").stdout
