@@ -446,7 +446,7 @@ def read_reservation(sysroot: Path = Path("/")) -> Reservation:
 # Calibrated on a 1 GiB Debian 12 guest (kernel 6.1, 8.0 MiB bzImage, 5.8 MiB initrd,
 # QEMU TCG) with `make bench-reservation`: capture works at 112M (slowly, under memory
 # pressure) and 128M, and runs out of memory at 96M while unpacking the initramfs.
-# Debian's kdump-tools needs 120M on the same guest.
+# (Debian's kdump-tools is reported to need 120M on such a guest; not measured here.)
 
 # What the crash kernel holds from its first instant: Debian's 6.1 bzImage of 8.0 MiB
 # becomes 45 MiB of text, data, init and bss, plus ~13 MiB of early allocations (page
