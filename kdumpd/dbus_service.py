@@ -117,8 +117,7 @@ class KdumpObject:
         self._worker = worker
         self._bus = bus
         self._ready = False
-        self._force_pending = False
-        self.watcher = Watcher(self.reload_now, daemon.sysroot)
+        self.watcher = Watcher(self.reload_now, self.request_reload, daemon.sysroot)
 
     def __getattr__(self, name: str) -> Any:
         # Properties: CrashKernelLoaded is read from the kernel on every request.
@@ -136,29 +135,29 @@ class KdumpObject:
 
     def Reload(self, dbus_context: Any) -> None:
         self._authorize(dbus_context, ACTION_RELOAD)
-        self.request_reload(force=True)
+        self.request_reload()
 
     def Unload(self, dbus_context: Any) -> None:
         self._authorize(dbus_context, ACTION_UNLOAD)
         self._worker.submit("unload", self._unload)
 
-    def request_reload(self, force: bool) -> None:
-        """A reload someone asked for (forced) or a watched file changed (not forced); the
-        watcher coalesces them. systemd hears RELOADING=1 now and READY=1 when done."""
-        if force:
-            if self._ready:
-                journal.notify_reloading()
-            self._daemon.mark_loading()
-        self.watcher.request(force)
+    def request_reload(self) -> None:
+        """A reload that must load (D-Bus, SIGHUP, hotplug), coalesced with file events by
+        the watcher. systemd hears RELOADING=1 now and READY=1 when done."""
+        if self._ready:
+            journal.notify_reloading()
+        self._daemon.mark_loading()
+        self.watcher.request()
 
-    def reload_now(self, force: bool) -> None:
-        # A forced request that finds an unforced one still queued must not be lost.
-        self._force_pending = self._force_pending or force
+    def reload_now(self) -> None:
+        """The watcher's coalesced reload. Requests that come while one is queued join it;
+        the daemon counts them, so none is lost."""
 
         def job() -> None:
-            forced, self._force_pending = self._force_pending, False
-            self._daemon.reload(forced)
-            GLib.idle_add(self._reloaded)
+            try:
+                self._daemon.reload(force=False)
+            finally:
+                GLib.idle_add(self._reloaded)
 
         self._worker.submit("reload", job)
 
@@ -216,9 +215,12 @@ def serve(daemon: Daemon, first_load: threading.Thread, bus: Any | None = None) 
     obj = KdumpObject(daemon, worker, bus)
 
     def on_change(changed: dict[str, Any]) -> None:
+        # The values as they are when the signal goes out: changes made on two threads
+        # may queue their emits out of order, and the last one sent must be the truth.
         def emit() -> bool:
-            obj.emit(changed)
-            journal.notify(STATUS=_status_words(daemon.status))
+            status = daemon.status
+            obj.emit({name: getattr(status, name) for name in changed})
+            journal.notify(STATUS=_status_words(status))
             return False
 
         GLib.idle_add(emit)
@@ -236,7 +238,7 @@ def serve(daemon: Daemon, first_load: threading.Thread, bus: Any | None = None) 
     obj.watcher.watch_hotplug()
 
     def on_hup() -> bool:
-        obj.request_reload(force=True)
+        obj.request_reload()
         return True
 
     def on_term() -> bool:
@@ -285,14 +287,19 @@ class Client:
             raise UserError(_client_error(e)) from None
 
     def call_and_wait(self, action: Callable[[Any], None], timeout_s: int = 300) -> dict[str, Any]:
-        """Call Reload or Unload, then wait until the daemon has finished the work."""
+        """Call Reload or Unload, then wait until the daemon has finished the work: State
+        stays "loading" until then (service.Daemon.mark_loading)."""
         loop = GLib.MainLoop()
 
         def changed(_iface: str, props: dict[str, Any], _invalid: list[str]) -> None:
             if props.get("State", "loading") != "loading":
                 loop.quit()
 
+        timed_out = False
+
         def expired() -> bool:
+            nonlocal timed_out
+            timed_out = True
             loop.quit()
             return False
 
@@ -304,16 +311,19 @@ class Client:
             object=OBJECT_PATH,
             signal_fired=lambda *a: changed(*a[4]),
         )
+        timer = 0
         try:
             action(self._proxy)
-            if self.status()["State"] == "loading":
-                GLib.timeout_add_seconds(timeout_s, expired)
+            timer = GLib.timeout_add_seconds(timeout_s, expired)
+            # Any signal saying "not loading" wakes us, an old one too: ask again.
+            while (status := self.status())["State"] == "loading" and not timed_out:
                 loop.run()
         except GLib.Error as e:
             raise UserError(_client_error(e)) from None
         finally:
             subscription.unsubscribe()
-        status = self.status()
+            if timer and not timed_out:
+                GLib.source_remove(timer)
         if status["State"] == "loading":
             raise UserError(f"the daemon did not finish within {timeout_s} s")
         return status

@@ -18,6 +18,10 @@ _INITRD_PATTERNS = (
 )
 
 
+_VERSION = re.compile(r"[\w.+-]+")
+_DPKG_SUFFIX = re.compile(r"\.dpkg-\w+$")
+
+
 class KernelNotFound(Exception):
     pass
 
@@ -43,21 +47,37 @@ def is_kernel_file(name: str) -> bool:
     return name.startswith(("vmlinuz", "initrd", "initramfs"))
 
 
+def is_version(name: str) -> bool:
+    """Not a file a package manager is still writing: dpkg's *.dpkg-new and *.dpkg-tmp,
+    rpm's name;5f3a2b1c, an editor's name~."""
+    return _VERSION.fullmatch(name) is not None and not _DPKG_SUFFIX.search(name)
+
+
+def _is_file(path: Path) -> bool:
+    # dpkg unpacks directories with mode 0 and fixes them at the end; the daemon has no
+    # CAP_DAC_OVERRIDE, so it cannot look inside them until then: not installed yet.
+    try:
+        return path.is_file()
+    except PermissionError:
+        return False
+
+
 def installed_versions(sysroot: Path) -> list[str]:
     """Kernel versions with an image on disk, oldest first."""
     found: set[str] = set()
     for pattern in _IMAGE_PATTERNS:
         prefix, _, suffix = pattern.partition("{v}")
         for image in sysroot.glob(prefix + "*" + suffix):
-            if image.is_file():
-                found.add(str(image.relative_to(sysroot))[len(prefix) :][: -len(suffix) or None])
+            version = str(image.relative_to(sysroot))[len(prefix) :][: -len(suffix) or None]
+            if is_version(version) and _is_file(image):
+                found.add(version)
     return sorted(found, key=version_key)
 
 
 def _first_existing(sysroot: Path, patterns: tuple[str, ...], version: str) -> Path | None:
     for pattern in patterns:
         candidate = sysroot / pattern.format(v=version)
-        if candidate.is_file():
+        if _is_file(candidate):
             return candidate
     return None
 
@@ -81,7 +101,10 @@ def choose(config: Config, running: str, sysroot: Path = Path("/")) -> tuple[Ker
     if wanted is None:
         if not installed:
             raise KernelNotFound(f"no kernel images installed under {sysroot / 'boot'}")
-        wanted = installed[-1]
+        # An image whose initrd is not written yet is a package still being installed,
+        # where the other kernels have initrds.
+        ready = [v for v in installed if _first_existing(sysroot, _INITRD_PATTERNS, v)]
+        wanted = (ready or installed)[-1]
     try:
         files = files_for(wanted, sysroot)
     except KernelNotFound as missing:

@@ -105,10 +105,17 @@ class Daemon:
         self.config: config.Config | None = None
         self.good: Loaded | None = None
         self._lock = threading.Lock()
+        # Reloads asked for (mark_loading), and how many of them a reload has taken up.
+        self._asked = 0
+        self._taken = 0
 
     def _set(self, **changes: Any) -> None:
         # The D-Bus thread and the worker both report; the lock keeps updates whole.
         with self._lock:
+            if changes.get("State", "loading") != "loading" and self._asked > self._taken:
+                # Whoever asked waits for the reload that serves them, not for one that
+                # began before they asked (a file event's, say) and ends first.
+                changes["State"] = "loading"
             old = self.status
             self.status = dataclasses.replace(old, **changes)
         changed = {k: v for k, v in changes.items() if getattr(old, k) != v}
@@ -116,7 +123,11 @@ class Daemon:
             self.on_change(changed)
 
     def mark_loading(self) -> None:
-        """Called before a reload is queued, so a client that asked sees it at once."""
+        """A reload was asked for (D-Bus, SIGHUP, hotplug): State is "loading" from now until
+        a reload that starts after this has finished, and that reload loads even when no
+        file changed."""
+        with self._lock:
+            self._asked += 1
         self._set(State="loading")
 
     def refresh(self) -> Status:
@@ -132,15 +143,17 @@ class Daemon:
     def reload(self, force: bool = True) -> None:
         """Re-read the config, re-check the reservation, load the crash kernel.
 
-        Unforced (a watched file changed): only when the config or the chosen kernel's
-        files differ from what is loaded, so events that change nothing load nothing.
+        Unforced (a watched file changed) and with no reload asked for since the last one
+        began: only when the config or the chosen kernel's files differ from what is
+        loaded, so events that change nothing load nothing.
         """
-        if not force and self._unchanged():
-            if self.status.State == "loading":  # a request merged into this one marked it
-                self._set(State="loaded")
-            return
-        self.mark_loading()
+        with self._lock:
+            force = force or self._asked > self._taken
+            self._taken = self._asked
         try:
+            if not force and self._unchanged():
+                return
+            self._set(State="loading")
             self._reload()
         except Failure as failure:
             self._fail(failure.state, str(failure))
@@ -163,8 +176,8 @@ class Daemon:
         try:
             cfg = config.load(self.config_path)
             files, _ = kernels.choose(cfg, platform.release(), self.sysroot)
-        except (config.ConfigError, kernels.KernelNotFound):
-            return False
+        except (config.ConfigError, kernels.KernelNotFound, OSError):
+            return False  # a real reload will say what is wrong
         return identity(self.config_path, files.image, files.initrd) == good.identity
 
     def watch_targets(self) -> dict[Path, Callable[[str], bool]]:

@@ -3,7 +3,9 @@
 Everything that asks for a reload (D-Bus Reload, SIGHUP, a watched file, a hotplug
 uevent) goes through one Coalescer: a burst of requests becomes one reload, QUIET seconds
 after the last of them. A package install writes the kernel, then the initrd, then runs
-our hook; all of that ends in a single reload, after the last write.
+our hook; all of that ends in a single reload, after the last write. Whether that reload
+must load even if no file changed is the daemon's count of requests
+(service.Daemon.mark_loading), not the coalescer's business.
 
 Nothing polls: file events come from inotify (Gio.FileMonitor) and hotplug events from the
 kernel's uevent netlink socket, both on the GLib main loop.
@@ -35,25 +37,20 @@ class Coalescer:
     max_wait: float = MAX_WAIT_S
     first: float | None = None
     deadline: float | None = None
-    forced: bool = False
 
-    def event(self, now: float, force: bool) -> float:
+    def event(self, now: float) -> float:
         """Note a request; returns when the reload is due."""
         if self.first is None:
             self.first = now
-        self.forced = self.forced or force
         self.deadline = min(now + self.quiet, self.first + self.max_wait)
         return self.deadline
 
-    def due(self, now: float) -> bool | None:
-        """At or after the deadline: whether any request was forced, and start afresh.
-        Before it (or with nothing pending): None."""
+    def due(self, now: float) -> bool:
+        """Whether the reload is due; if so, start afresh. False with nothing pending."""
         if self.deadline is None or now < self.deadline:
-            return None
-        forced = self.forced
+            return False
         self.first = self.deadline = None
-        self.forced = False
-        return forced
+        return True
 
 
 def parse_uevent(data: bytes) -> dict[str, str]:
@@ -87,18 +84,22 @@ def _now() -> float:
 
 
 class Watcher:
-    """Glue between the event sources, the Coalescer and a reload callback."""
+    """Glue between the event sources, the Coalescer and the daemon: `reload` runs the
+    coalesced reload, `ask` is how hotplug asks for one that must load."""
 
-    def __init__(self, reload: Callable[[bool], None], sysroot: Path = Path("/")) -> None:
+    def __init__(
+        self, reload: Callable[[], None], ask: Callable[[], None], sysroot: Path = Path("/")
+    ) -> None:
         self._reload = reload
+        self._ask = ask
         self._sysroot = sysroot
         self._coalescer = Coalescer()
         self._timer = 0
         self._monitors: list[Gio.FileMonitor] = []
         self._uevents: socket.socket | None = None
 
-    def request(self, force: bool) -> None:
-        self._coalescer.event(_now(), force)
+    def request(self) -> None:
+        self._coalescer.event(_now())
         self._arm()
 
     def _arm(self) -> None:
@@ -110,9 +111,8 @@ class Watcher:
 
     def _fire(self) -> bool:
         self._timer = 0
-        forced = self._coalescer.due(_now())
-        if forced is not None:
-            self._reload(forced)
+        if self._coalescer.due(_now()):
+            self._reload()
         elif self._coalescer.deadline is not None:
             self._arm()  # GLib woke us a little early
         return False
@@ -144,7 +144,7 @@ class Watcher:
             return  # touch or chmod: the content is the same
         names = [f.get_basename() for f in (file, other) if f is not None]
         if any(matters(n) for n in names):
-            self.request(force=False)
+            self.request()
 
     def watch_hotplug(self) -> None:
         """Listen to the kernel's uevents for CPU and memory hotplug."""
@@ -165,5 +165,5 @@ class Watcher:
         except OSError:
             return True
         if hotplug_needs_reload(parse_uevent(data), self._sysroot):
-            self.request(force=True)
+            self._ask()
         return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,9 @@ class FakeKexec(Kexec):
         assert cmdline is not None and cmdline.endswith(b"\0")
         # As in kernel/kexec_file.c: the loaded crash image is freed before the new one is read.
         self._set_loaded(False)
+        slow = self.sysroot / "fake-load-seconds"  # a test's way to make loading take time
+        if slow.exists():
+            time.sleep(float(slow.read_text()))
         kernel = os.pread(kernel_fd, 1 << 20, 0)
         initrd = os.pread(initrd_fd, 1 << 20, 0) if initrd_fd >= 0 else b""
         self.calls.append(f"load {len(kernel)} {len(initrd)}")

@@ -176,6 +176,19 @@ def test_broken_config_keeps_the_crash_kernel(service: Service) -> None:
     assert status(service)["LastError"] == ""
 
 
+def test_reload_waits_for_its_own_load(service: Service) -> None:
+    """`kdumpd reload` right after a config edit, while the edit's own (slow) reload runs:
+    it must wait for a load that reads the config as it is now, and succeed."""
+    (service.sysroot / "fake-load-seconds").write_text("4")
+    service.config.write_text(f"dump_path: {service.bus.workdir}/crash\ncmdline_append: [a=1]\n")
+    service.wait_state("loading")  # the watcher's reload for the edit has begun
+    service.config.write_text(f"dump_path: {service.bus.workdir}/crash\ncmdline_append: [a=2]\n")
+    r = service.bus.kdumpd("reload")
+    assert r.returncode == 0, r.stderr
+    after = status(service)
+    assert after["State"] == "loaded" and "a=2" in after["CommandLine"], after
+
+
 def test_sighup_reloads(service: Service) -> None:
     before = status(service)["LastLoadUsec"]
     service.proc.send_signal(signal.SIGHUP)
