@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from kdumpd import kernels
 from tests.fakes import GIB, KERNEL, MIB, Machine, V
 
 
@@ -122,3 +125,18 @@ def test_latest(tmp_path: Path) -> None:
     m.config.write_text("kernel: latest\n")
     m.daemon.reload()
     assert m.daemon.status.KernelVersion == "6.1.0-30-amd64"
+
+
+@pytest.mark.parametrize(
+    ("name", "is_version"),
+    [
+        ("6.1.0-28-amd64", True),
+        ("6.8.0-rc1+", True),
+        ("6.1.0-28-amd64.dpkg-new", False),
+        ("6.1.0-28-amd64.dpkg-tmp", False),
+        ("6.5.6-300.fc39.x86_64;6543a1b2", False),
+        ("6.1.0-28-amd64~", False),
+    ],
+)
+def test_files_in_flight_are_not_kernel_versions(name: str, is_version: bool) -> None:
+    assert kernels.is_version(name) is is_version
