@@ -22,11 +22,14 @@ from typing import Any
 
 from gi.repository import Gio, GLib
 
+from kdumpd import journal
+
 QUIET_S = 2.0
 MAX_WAIT_S = 20.0  # a steady stream of events must not postpone the reload for ever
 
 NETLINK_KOBJECT_UEVENT = 15
 _KERNEL_GROUP = 1
+_ACTIONS = ("add", "remove", "online", "offline")
 
 
 @dataclass
@@ -64,15 +67,17 @@ def parse_uevent(data: bytes) -> dict[str, str]:
     return event
 
 
+def is_hotplug(event: dict[str, str]) -> bool:
+    """CPU or memory came or went."""
+    return event.get("SUBSYSTEM") in ("cpu", "memory") and event.get("ACTION") in _ACTIONS
+
+
 def hotplug_needs_reload(event: dict[str, str], sysroot: Path) -> bool:
-    """CPU or memory came or went, and the kernel does not fix the crash image itself
-    (crash_hotplug absent, as before 6.6, or 0)."""
-    subsystem = event.get("SUBSYSTEM")
-    if subsystem not in ("cpu", "memory"):
+    """A hotplug event, and the kernel does not fix the crash image itself (crash_hotplug
+    absent, as before 6.6, or 0)."""
+    if not is_hotplug(event):
         return False
-    if event.get("ACTION") not in ("add", "remove", "online", "offline"):
-        return False
-    flag = sysroot / f"sys/devices/system/{subsystem}/crash_hotplug"
+    flag = sysroot / f"sys/devices/system/{event['SUBSYSTEM']}/crash_hotplug"
     try:
         return flag.read_text().strip() != "1"
     except OSError:
@@ -164,6 +169,13 @@ class Watcher:
             data = self._uevents.recv(65536)
         except OSError:
             return True
-        if hotplug_needs_reload(parse_uevent(data), self._sysroot):
+        event = parse_uevent(data)
+        if hotplug_needs_reload(event, self._sysroot):
             self._ask()
+        elif is_hotplug(event):
+            journal.send(
+                journal.INFO,
+                f"{event.get('DEVPATH', event['SUBSYSTEM'])} {event['ACTION']}: the kernel "
+                "updates the loaded crash kernel itself (crash_hotplug is 1), no reload",
+            )
         return True

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import struct
 import subprocess
 from collections.abc import Generator, Iterator
@@ -47,7 +49,7 @@ def vm_image() -> ImagePaths:
 
 
 def _factory(
-    image: ImagePaths, node: pytest.Item | pytest.Collector, workdir: Path, prefix: str
+    default_image: ImagePaths, node: pytest.Item | pytest.Collector, workdir: Path, prefix: str
 ) -> tuple[GuestFactory, list[Guest]]:
     guests: list[Guest] = []
     node.stash[GUESTS] = guests
@@ -62,6 +64,7 @@ def _factory(
         boot: bool = True,
         boot_timeout: float | None = None,
         extra_qemu_args: list[str] | None = None,
+        image: ImagePaths | None = None,
     ) -> Guest:
         name = f"{prefix}{len(guests)}"
         opts = BootOptions(
@@ -72,7 +75,7 @@ def _factory(
             reboot=reboot,
             extra_qemu_args=extra_qemu_args or [],
         )
-        g = Guest(image, workdir / name, name, opts)
+        g = Guest(image or default_image, workdir / name, name, opts)
         guests.append(g)
         g.start()
         if boot:
@@ -125,29 +128,8 @@ def kernel_release(vmlinuz: Path) -> str:
     return data[0x200 + offset :].split(b" ", 1)[0].decode()
 
 
-@pytest.fixture(scope="session")
-def second_kernel_deb(vm_image: ImagePaths) -> Path:
-    """A newer Debian kernel package than the image's own, fetched once with apt-get download.
-
-    Newer, because the tests install it and expect kdumpd's "latest" kernel choice to follow."""
-    running = kernel_release(vm_image.kernel)
-    abi = int(running.split("-")[1])  # 6.1.0-50-amd64 -> 50
-    names = subprocess.run(
-        ["apt-cache", "search", "--names-only", r"^linux-image-6\.1\.0-[0-9]+-amd64$"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    abis = sorted(
-        int(m.group(1)) for n in names if (m := re.fullmatch(r"linux-image-6\.1\.0-(\d+)-amd64", n))
-    )
-    candidates = [f"linux-image-6.1.0-{n}-amd64" for n in abis if n > abi]
-    if not candidates:
-        pytest.fail(
-            f"apt knows no Debian 6.1 kernel package newer than {running} "
-            "(run apt-get update on the host)"
-        )
-    name = candidates[-1]
+def _download(name: str) -> Path:
+    """A Debian package from the host's apt sources, fetched once into the cache."""
     debs = CACHE_ROOT / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     with locked(debs / ".lock"):  # concurrent sessions must not see a half-downloaded file
@@ -164,3 +146,69 @@ def second_kernel_deb(vm_image: ImagePaths) -> Path:
             if dl.returncode != 0 or not found:
                 pytest.fail(f"apt-get download {name} failed ({dl.returncode}):\n{dl.stderr}")
     return found[-1]
+
+
+def _apt_packages(pattern: str) -> list[str]:
+    """Package names the host's apt knows that match this regular expression."""
+    out = subprocess.run(
+        ["apt-cache", "search", "--names-only", pattern], capture_output=True, text=True, check=True
+    ).stdout
+    return [line.split(" ", 1)[0] for line in out.splitlines() if line]
+
+
+@pytest.fixture(scope="session")
+def second_kernel_deb(vm_image: ImagePaths) -> Path:
+    """A newer Debian kernel package than the image's own, fetched once with apt-get download.
+
+    Newer, because the tests install it and expect kdumpd's "latest" kernel choice to follow."""
+    running = kernel_release(vm_image.kernel)
+    abi = int(running.split("-")[1])  # 6.1.0-50-amd64 -> 50
+    names = _apt_packages(r"^linux-image-6\.1\.0-[0-9]+-amd64$")
+    abis = sorted(int(n.split("-")[3]) for n in names)  # linux-image-6.1.0-56-amd64 -> 56
+    candidates = [f"linux-image-6.1.0-{n}-amd64" for n in abis if n > abi]
+    if not candidates:
+        pytest.fail(
+            f"apt knows no Debian 6.1 kernel package newer than {running} "
+            "(run apt-get update on the host)"
+        )
+    return _download(candidates[-1])
+
+
+@pytest.fixture(scope="session")
+def crash_hotplug_image(
+    vm_image: ImagePaths, tmp_path_factory: pytest.TempPathFactory
+) -> ImagePaths:
+    """The image with Debian 12's newer kernel series installed (linux-image-6.12.*+deb12,
+    from bookworm-security), whose crash_hotplug files exist: 6.1 has none.
+
+    Made once in a guest (dpkg and update-initramfs take minutes under TCG) and cached
+    beside the base image, keyed by the package file: a qcow2 over the base disk, and the
+    kernel and initrd to boot it with."""
+    names = _apt_packages(r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$")
+    if not names:
+        pytest.fail("apt knows no linux-image-6.12.*+deb12-amd64 (run apt-get update on the host)")
+    deb = _download(max(names, key=lambda n: [int(x) for x in re.findall(r"\d+", n)]))
+    cached = vm_image.disk.parent / f"with-{deb.stem}"
+    paths = ImagePaths(
+        disk=cached / "disk.qcow2", kernel=cached / "vmlinuz", initrd=cached / "initrd.img"
+    )
+    with locked(vm_image.disk.parent / f".with-{deb.stem}.lock"):
+        if cached.is_dir():
+            return paths
+        work = tmp_path_factory.mktemp("crash-hotplug-image")
+        with Guest(vm_image, work / "guest", "kbuild") as g:
+            g.start()
+            g.wait_booted()
+            g.install_deb(deb, timeout=1800)
+            release = g.run("ls /lib/modules | grep '^6\\.12\\.'").stdout.strip()
+            g.shutdown()
+            build = work / "image"
+            build.mkdir()
+            (build / "vmlinuz").write_bytes(g.debugfs_cat(f"/boot/vmlinuz-{release}"))
+            (build / "initrd.img").write_bytes(g.debugfs_cat(f"/boot/initrd.img-{release}"))
+            shutil.move(g.overlay, build / "disk.qcow2")
+        partial = cached.parent / f".{cached.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
+        shutil.copytree(build, partial)
+        os.rename(partial, cached)  # complete or absent
+    return paths

@@ -337,7 +337,7 @@ class Guest:
                     "-f",
                     "qcow2",
                     "-F",
-                    "raw",
+                    "qcow2" if self.image.disk.suffix == ".qcow2" else "raw",
                     "-b",
                     str(self.image.disk),
                     str(self.overlay),
@@ -736,4 +736,5 @@ class GuestFactory(Protocol):
         boot: bool = ...,
         boot_timeout: float | None = ...,
         extra_qemu_args: list[str] | None = ...,
+        image: ImagePaths | None = ...,
     ) -> Guest: ...

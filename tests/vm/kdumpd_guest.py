@@ -69,3 +69,67 @@ def crash_loaded(guest: Guest) -> str:
 
 def journal(guest: Guest, *args: str) -> str:
     return guest.run(["journalctl", "--no-pager", "-o", "cat", *args], check=False).stdout
+
+
+MSG_LOADED = "e2e8053d528f4011ad724cf17d624f64"
+MSG_LOAD_FAILED = "9fa8477d8c3f4cda82f589d89337b068"
+QUIET_AFTER_S = 25  # the daemon coalesces for at most 20 s; longer silence means no more
+
+
+def cursor(g: Guest) -> str:
+    out = g.run("journalctl --no-pager -n 0 --show-cursor").stdout
+    return out.split("-- cursor: ")[1].strip()
+
+
+def journal_since(g: Guest, after: str) -> list[dict[str, object]]:
+    """Entries after the cursor, filtered by the caller: bookworm's journalctl returns
+    nothing when --after-cursor is combined with a field match."""
+    out = g.run(["journalctl", "--no-pager", "-o", "json", f"--after-cursor={after}"]).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def entries_since(g: Guest, after: str, message_id: str) -> list[str]:
+    """Messages with this MESSAGE_ID after the cursor."""
+    return [str(e["MESSAGE"]) for e in journal_since(g, after) if e.get("MESSAGE_ID") == message_id]
+
+
+def daemon_messages_since(g: Guest, after: str) -> list[str]:
+    return [
+        str(e["MESSAGE"])
+        for e in journal_since(g, after)
+        if e.get("_SYSTEMD_UNIT") == "kdumpd.service"
+    ]
+
+
+def internal_errors_since(g: Guest, after: str) -> list[str]:
+    """The daemon's "internal error" reports: a bug, not a refused load."""
+    return [m for m in daemon_messages_since(g, after) if "internal error" in m]
+
+
+def loads_since(g: Guest, after: str) -> list[str]:
+    return [m for m in entries_since(g, after, MSG_LOADED) if m.startswith("crash kernel")]
+
+
+def no_more_loads(g: Guest, after: str, expected: int) -> None:
+    """Wait out the coalescing window, then check that exactly `expected` loads happened.
+
+    The follow ends early when one load too many shows up; the count is a plain query."""
+    g.run(
+        f"timeout {QUIET_AFTER_S} journalctl --no-pager -f -o cat --after-cursor='{after}' "
+        f"MESSAGE_ID={MSG_LOADED} | grep --line-buffered '^crash kernel' | head -n {expected + 1}"
+        " >/dev/null",
+        check=False,
+        timeout=QUIET_AFTER_S + 30,
+    )
+    assert len(loads_since(g, after)) == expected, loads_since(g, after)
+
+
+def wait_for(g: Guest, predicate_desc: str, check: object, timeout: float = 120.0) -> float:
+    """Poll the daemon's status until check(status) is true; returns the seconds it took."""
+    assert callable(check)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if check(status(g)):
+            return time.monotonic() - t0
+        time.sleep(0.2)
+    raise TimeoutError(f"{predicate_desc}: {status(g)}")

@@ -3,76 +3,25 @@ hotplug by itself, and a refused reload brings back the last good crash kernel."
 
 from __future__ import annotations
 
-import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.vm.guest import Guest, GuestFactory
-from tests.vm.kdumpd_guest import crash_loaded, prop, status, wait_state
-
-MSG_LOADED = "e2e8053d528f4011ad724cf17d624f64"
-MSG_LOAD_FAILED = "9fa8477d8c3f4cda82f589d89337b068"
-QUIET_AFTER_S = 25  # the daemon coalesces for at most 20 s; longer silence means no more
-
-
-def cursor(g: Guest) -> str:
-    out = g.run("journalctl --no-pager -n 0 --show-cursor").stdout
-    return out.split("-- cursor: ")[1].strip()
-
-
-def journal_since(g: Guest, after: str) -> list[dict[str, object]]:
-    """Entries after the cursor, filtered by the caller: bookworm's journalctl returns
-    nothing when --after-cursor is combined with a field match."""
-    out = g.run(["journalctl", "--no-pager", "-o", "json", f"--after-cursor={after}"]).stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
-def entries_since(g: Guest, after: str, message_id: str) -> list[str]:
-    """Messages with this MESSAGE_ID after the cursor."""
-    return [str(e["MESSAGE"]) for e in journal_since(g, after) if e.get("MESSAGE_ID") == message_id]
-
-
-def internal_errors_since(g: Guest, after: str) -> list[str]:
-    """The daemon's "internal error" reports: a bug, not a refused load."""
-    messages = [
-        str(e["MESSAGE"])
-        for e in journal_since(g, after)
-        if e.get("_SYSTEMD_UNIT") == "kdumpd.service"
-    ]
-    return [m for m in messages if "internal error" in m]
-
-
-def loads_since(g: Guest, after: str) -> list[str]:
-    return [m for m in entries_since(g, after, MSG_LOADED) if m.startswith("crash kernel")]
-
-
-def no_more_loads(g: Guest, after: str, expected: int) -> None:
-    """Wait out the coalescing window, then check that exactly `expected` loads happened.
-
-    The follow ends early when one load too many shows up; the count is a plain query."""
-    g.run(
-        f"timeout {QUIET_AFTER_S} journalctl --no-pager -f -o cat --after-cursor='{after}' "
-        f"MESSAGE_ID={MSG_LOADED} | grep --line-buffered '^crash kernel' | head -n {expected + 1}"
-        " >/dev/null",
-        check=False,
-        timeout=QUIET_AFTER_S + 30,
-    )
-    assert len(loads_since(g, after)) == expected, loads_since(g, after)
-
-
-def wait_for(g: Guest, predicate_desc: str, check: object, timeout: float = 120.0) -> float:
-    """Poll the daemon's status until check(status) is true; returns the seconds it took."""
-    assert callable(check)
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if check(status(g)):
-            return time.monotonic() - t0
-        time.sleep(0.2)
-    raise TimeoutError(f"{predicate_desc}: {status(g)}")
+from tests.vm.kdumpd_guest import (
+    MSG_LOAD_FAILED,
+    crash_loaded,
+    cursor,
+    entries_since,
+    internal_errors_since,
+    no_more_loads,
+    prop,
+    status,
+    wait_for,
+    wait_state,
+)
 
 
 @pytest.fixture(scope="module")
