@@ -139,6 +139,7 @@ class KdumpObject:
 
     def Unload(self, dbus_context: Any) -> None:
         self._authorize(dbus_context, ACTION_UNLOAD)
+        self._daemon.mark_unloading()
         self._worker.submit("unload", self._unload)
 
     def request_reload(self) -> None:

@@ -333,19 +333,27 @@ class Daemon:
             "loaded", f"{message}; the previous crash kernel {good.version} was loaded again"
         )
 
+    def mark_unloading(self) -> None:
+        """Called before an unload is queued: the SPEC has no "unloading", and a client that
+        asked must not take the State from before for the answer."""
+        self._set(State="loading")
+
     def unload(self) -> None:
         try:
             self.kexec.unload()
         except KexecError as e:
-            self._set(CrashKernelLoaded=self.kexec.loaded(), LastError=str(e.strerror))
+            self._unloaded(str(e.strerror))
             raise
         if self.good:
             self.good.close()
             self.good = None
         journal.send(journal.NOTICE, "crash kernel unloaded", journal.MSG_UNLOADED)
+        self._unloaded("")
+
+    def _unloaded(self, error: str) -> None:
         loaded = self.kexec.loaded()
         self._set(
-            State="loaded" if loaded else "not-loaded", CrashKernelLoaded=loaded, LastError=""
+            State="loaded" if loaded else "not-loaded", CrashKernelLoaded=loaded, LastError=error
         )
 
 

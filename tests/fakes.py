@@ -63,6 +63,9 @@ class FakeKexec(Kexec):
     def _call(
         self, what: str, kernel_fd: int, initrd_fd: int, cmdline: bytes | None, flags: int
     ) -> None:
+        slow = self.sysroot / "fake-load-seconds"  # a test's way to make the syscall slow
+        if slow.exists():
+            time.sleep(float(slow.read_text()))
         if flags & KEXEC_FILE_UNLOAD:
             self.calls.append("unload")
             self._set_loaded(False)
@@ -71,9 +74,6 @@ class FakeKexec(Kexec):
         assert cmdline is not None and cmdline.endswith(b"\0")
         # As in kernel/kexec_file.c: the loaded crash image is freed before the new one is read.
         self._set_loaded(False)
-        slow = self.sysroot / "fake-load-seconds"  # a test's way to make loading take time
-        if slow.exists():
-            time.sleep(float(slow.read_text()))
         kernel = os.pread(kernel_fd, 1 << 20, 0)
         initrd = os.pread(initrd_fd, 1 << 20, 0) if initrd_fd >= 0 else b""
         self.calls.append(f"load {len(kernel)} {len(initrd)}")

@@ -189,6 +189,13 @@ def test_reload_waits_for_its_own_load(service: Service) -> None:
     assert after["State"] == "loaded" and "a=2" in after["CommandLine"], after
 
 
+def test_unload_waits_for_the_unload(service: Service) -> None:
+    (service.sysroot / "fake-load-seconds").write_text("3")  # the unload syscall too
+    r = service.bus.kdumpd("unload")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert get(service, "CrashKernelLoaded") == "b false"
+
+
 def test_sighup_reloads(service: Service) -> None:
     before = status(service)["LastLoadUsec"]
     service.proc.send_signal(signal.SIGHUP)
