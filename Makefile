@@ -60,7 +60,7 @@ vm: venv deb image
 
 test: lint deb rpm
 	packaging/lint.sh $(DIST)/kdumpd_*_all.deb $(DIST)/kdumpd-*.noarch.rpm
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=12 tests
 
 demo: venv deb image
 	$(PY) -m tests.vm.demo
