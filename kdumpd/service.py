@@ -164,10 +164,14 @@ class Daemon:
             raise
 
     def _fail(self, state: str, message: str) -> None:
-        # Whatever went wrong, a crash kernel that is still loaded keeps the machine covered.
-        loaded = self.kexec.loaded()
         journal.send(journal.ERR, message, journal.MSG_LOAD_FAILED, kdumpd_state=state)
-        self._set(State="loaded" if loaded else state, CrashKernelLoaded=loaded, LastError=message)
+        self._settle(state, message)
+
+    def _settle(self, state: str, error: str) -> None:
+        """End a reload or unload as the kernel sees it: a crash kernel that is still loaded
+        keeps the machine covered, whatever went wrong."""
+        loaded = self.kexec.loaded()
+        self._set(State="loaded" if loaded else state, CrashKernelLoaded=loaded, LastError=error)
 
     def _unchanged(self) -> bool:
         good = self.good
@@ -342,19 +346,13 @@ class Daemon:
         try:
             self.kexec.unload()
         except KexecError as e:
-            self._unloaded(str(e.strerror))
+            self._settle("not-loaded", str(e.strerror))
             raise
         if self.good:
             self.good.close()
             self.good = None
         journal.send(journal.NOTICE, "crash kernel unloaded", journal.MSG_UNLOADED)
-        self._unloaded("")
-
-    def _unloaded(self, error: str) -> None:
-        loaded = self.kexec.loaded()
-        self._set(
-            State="loaded" if loaded else "not-loaded", CrashKernelLoaded=loaded, LastError=error
-        )
+        self._settle("not-loaded", "")
 
 
 def start_first_load(daemon: Daemon) -> threading.Thread:

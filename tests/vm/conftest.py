@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import struct
 import subprocess
@@ -11,6 +10,8 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
+
+from kdumpd.kernels import version_key
 
 # Absolute imports, as the test modules use: one copy of each module, whatever pytest names us.
 from tests.vm.guest import BootOptions, Guest, GuestFactory
@@ -187,7 +188,7 @@ def crash_hotplug_image(
     names = _apt_packages(r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$")
     if not names:
         pytest.fail("apt knows no linux-image-6.12.*+deb12-amd64 (run apt-get update on the host)")
-    deb = _download(max(names, key=lambda n: [int(x) for x in re.findall(r"\d+", n)]))
+    deb = _download(max(names, key=version_key))
     cached = vm_image.disk.parent / f"with-{deb.stem}"
     paths = ImagePaths(
         disk=cached / "disk.qcow2", kernel=cached / "vmlinuz", initrd=cached / "initrd.img"
