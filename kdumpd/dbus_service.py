@@ -15,6 +15,7 @@ import queue
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gi.repository import GLib
@@ -117,7 +118,9 @@ class KdumpObject:
         self._worker = worker
         self._bus = bus
         self._ready = False
-        self.watcher = Watcher(self.reload_now, self.request_reload, daemon.sysroot)
+        self.watcher = Watcher(
+            self.reload_now, lambda why: self.request_reload(why, hardware=True), daemon.sysroot
+        )
 
     def __getattr__(self, name: str) -> Any:
         # Properties: CrashKernelLoaded is read from the kernel on every request.
@@ -135,28 +138,28 @@ class KdumpObject:
 
     def Reload(self, dbus_context: Any) -> None:
         self._authorize(dbus_context, ACTION_RELOAD)
-        self.request_reload()
+        self.request_reload(f"Reload from {self._caller(dbus_context.sender)}")
 
     def Unload(self, dbus_context: Any) -> None:
         self._authorize(dbus_context, ACTION_UNLOAD)
         self._daemon.mark_unloading()
         self._worker.submit("unload", self._unload)
 
-    def request_reload(self) -> None:
-        """A reload that must load (D-Bus, SIGHUP, hotplug), coalesced with file events by
-        the watcher. systemd hears RELOADING=1 now and READY=1 when done."""
+    def request_reload(self, why: str, hardware: bool = False) -> None:
+        """A reload asked for (D-Bus, SIGHUP, hotplug), coalesced with file events by the
+        watcher. systemd hears RELOADING=1 now and READY=1 when done."""
         if self._ready:
             journal.notify_reloading()
-        self._daemon.mark_loading()
-        self.watcher.request()
+        self._daemon.mark_loading(hardware)
+        self.watcher.request(why)
 
-    def reload_now(self) -> None:
+    def reload_now(self, why: str) -> None:
         """The watcher's coalesced reload. Requests that come while one is queued join it;
         the daemon counts them, so none is lost."""
 
         def job() -> None:
             try:
-                self._daemon.reload(force=False)
+                self._daemon.reload(force=False, why=why)
             finally:
                 GLib.idle_add(self._reloaded)
 
@@ -180,6 +183,15 @@ class KdumpObject:
     def _unload(self) -> None:
         with contextlib.suppress(OSError):  # LastError already says why
             self._daemon.unload()
+
+    def _caller(self, sender: str) -> str:
+        """Who sent a request, for the journal: busctl[1234] rather than :1.56."""
+        try:
+            pid = self._bus.dbus.GetConnectionUnixProcessID(sender)
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except (GLib.Error, OSError):
+            return sender
+        return f"{comm}[{pid}]"
 
     def _authorize(self, context: Any, action: str) -> None:
         sender = context.sender
@@ -239,7 +251,7 @@ def serve(daemon: Daemon, first_load: threading.Thread, bus: Any | None = None) 
     obj.watcher.watch_hotplug()
 
     def on_hup() -> bool:
-        obj.request_reload()
+        obj.request_reload("SIGHUP")
         return True
 
     def on_term() -> bool:

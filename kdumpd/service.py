@@ -69,7 +69,6 @@ class Loaded:
     kernel: Image
     initrd: Image | None
     cmdline: str
-    identity: Identity  # of the config, kernel and initrd files it was made from
 
     def close(self) -> None:
         self.kernel.close()
@@ -108,26 +107,39 @@ class Daemon:
         # Reloads asked for (mark_loading), and how many of them a reload has taken up.
         self._asked = 0
         self._taken = 0
+        self._must = False  # one of those asks for a load even if no file changed
+        self._running = False
+        self._attempt: Identity | None = None  # the files the last reload read
+        self._outcome = self.status.State  # the State a pending request hides as "loading"
 
     def _set(self, **changes: Any) -> None:
         # The D-Bus thread and the worker both report; the lock keeps updates whole.
         with self._lock:
-            if changes.get("State", "loading") != "loading" and self._asked > self._taken:
-                # Whoever asked waits for the reload that serves them, not for one that
-                # began before they asked (a file event's, say) and ends first.
-                changes["State"] = "loading"
+            state = changes.get("State", "loading")
+            if state != "loading":
+                self._outcome = state
+                if self._asked > self._taken:
+                    # Whoever asked waits for the reload that serves them, not for one that
+                    # began before they asked (a file event's, say) and ends first.
+                    changes["State"] = "loading"
             old = self.status
             self.status = dataclasses.replace(old, **changes)
         changed = {k: v for k, v in changes.items() if getattr(old, k) != v}
         if changed:
             self.on_change(changed)
 
-    def mark_loading(self) -> None:
+    def mark_loading(self, hardware: bool = False) -> None:
         """A reload was asked for (D-Bus, SIGHUP, hotplug): State is "loading" from now until
-        a reload that starts after this has finished, and that reload loads even when no
-        file changed."""
+        a reload that starts after this has finished.
+
+        That reload loads even when no file changed, except when the request came while a
+        reload was running: a kernel package asks from two hooks and also writes the
+        initrd, and the load already under way has read those files. Then only files that
+        changed since that load read them make another. Hardware changes always load:
+        the files are the same, the memory map is not."""
         with self._lock:
             self._asked += 1
+            self._must = self._must or hardware or not self._running
         self._set(State="loading")
 
     def refresh(self) -> Status:
@@ -140,19 +152,26 @@ class Daemon:
             self._set(**changes)
         return self.status
 
-    def reload(self, force: bool = True) -> None:
+    def reload(self, force: bool = True, why: str = "") -> None:
         """Re-read the config, re-check the reservation, load the crash kernel.
 
-        Unforced (a watched file changed) and with no reload asked for since the last one
-        began: only when the config or the chosen kernel's files differ from what is
-        loaded, so events that change nothing load nothing.
+        Unforced (a watched file changed) and with no request that must load (see
+        mark_loading): only when the config or the chosen kernel's files differ from what
+        the last reload read, so events that change nothing load nothing.
         """
         with self._lock:
-            force = force or self._asked > self._taken
-            self._taken = self._asked
+            asked = self._asked > self._taken
+            force = force or self._must
+            self._taken, self._must, self._running = self._asked, False, True
         try:
             if not force and self._unchanged():
+                if asked:
+                    journal.send(journal.INFO, f"{why}: the files are those the last reload read")
+                self._set(State=self._outcome)
                 return
+            if why:
+                journal.send(journal.INFO, f"reloading the crash kernel: {why}")
+            self._attempt = self._inputs()
             self._set(State="loading")
             self._reload()
         except Failure as failure:
@@ -162,6 +181,9 @@ class Daemon:
         except Exception as e:  # a bug: say so instead of staying "loading" for ever
             self._fail("failed", f"internal error: {e!r}")
             raise
+        finally:
+            with self._lock:
+                self._running = False
 
     def _fail(self, state: str, message: str) -> None:
         journal.send(journal.ERR, message, journal.MSG_LOAD_FAILED, kdumpd_state=state)
@@ -174,15 +196,21 @@ class Daemon:
         self._set(State="loaded" if loaded else state, CrashKernelLoaded=loaded, LastError=error)
 
     def _unchanged(self) -> bool:
-        good = self.good
-        if good is None or not self.kexec.loaded():
+        """The last reload read the same files, so another would end the same way; unless
+        its crash kernel was unloaded behind our back."""
+        if self._attempt is None or (self.good is not None and not self.kexec.loaded()):
             return False
+        return self._inputs() == self._attempt
+
+    def _inputs(self) -> Identity:
+        """The config and the kernel files a reload would read now; the reload itself says
+        what is wrong with them."""
         try:
             cfg = config.load(self.config_path)
             files, _ = kernels.choose(cfg, platform.release(), self.sysroot)
         except (config.ConfigError, kernels.KernelNotFound, OSError):
-            return False  # a real reload will say what is wrong
-        return identity(self.config_path, files.image, files.initrd) == good.identity
+            return identity(self.config_path)
+        return identity(self.config_path, files.image, files.initrd)
 
     def watch_targets(self) -> dict[Path, Callable[[str], bool]]:
         """Directories to watch, each with the file names in it that should cause a reload:
@@ -256,7 +284,6 @@ class Daemon:
         self._load(new, warning, note)
 
     def _prepare(self, files: kernels.KernelFiles, cfg: config.Config) -> Loaded:
-        files_identity = identity(self.config_path, files.image, files.initrd)
         try:
             kernel = snapshot(files.image)
             initrd = snapshot(files.initrd) if files.initrd else None
@@ -278,7 +305,7 @@ class Daemon:
             if initrd:
                 initrd.close()
             raise Failure("failed", str(e)) from None
-        return Loaded(files.version, kernel, initrd, line, files_identity)
+        return Loaded(files.version, kernel, initrd, line)
 
     def _load(self, new: Loaded, warning: str, note: str) -> None:
         try:
@@ -351,6 +378,7 @@ class Daemon:
         if self.good:
             self.good.close()
             self.good = None
+        self._attempt = None  # the next file event loads again
         journal.send(journal.NOTICE, "crash kernel unloaded", journal.MSG_UNLOADED)
         self._settle("not-loaded", "")
 

@@ -90,20 +90,27 @@ def _now() -> float:
 
 class Watcher:
     """Glue between the event sources, the Coalescer and the daemon: `reload` runs the
-    coalesced reload, `ask` is how hotplug asks for one that must load."""
+    coalesced reload, `ask` is how hotplug asks for one that must load. Both are told why,
+    in words for the journal."""
 
     def __init__(
-        self, reload: Callable[[], None], ask: Callable[[], None], sysroot: Path = Path("/")
+        self,
+        reload: Callable[[str], None],
+        ask: Callable[[str], None],
+        sysroot: Path = Path("/"),
     ) -> None:
         self._reload = reload
         self._ask = ask
         self._sysroot = sysroot
         self._coalescer = Coalescer()
+        self._why: list[str] = []
         self._timer = 0
         self._monitors: list[Gio.FileMonitor] = []
         self._uevents: socket.socket | None = None
 
-    def request(self) -> None:
+    def request(self, why: str) -> None:
+        if why not in self._why:
+            self._why.append(why)
         self._coalescer.event(_now())
         self._arm()
 
@@ -117,7 +124,8 @@ class Watcher:
     def _fire(self) -> bool:
         self._timer = 0
         if self._coalescer.due(_now()):
-            self._reload()
+            why, self._why = ", ".join(self._why), []
+            self._reload(why)
         elif self._coalescer.deadline is not None:
             self._arm()  # GLib woke us a little early
         return False
@@ -147,9 +155,10 @@ class Watcher:
     ) -> None:
         if event == Gio.FileMonitorEvent.ATTRIBUTE_CHANGED:
             return  # touch or chmod: the content is the same
-        names = [f.get_basename() for f in (file, other) if f is not None]
-        if any(matters(n) for n in names):
-            self.request()
+        for changed in (file, other):
+            if changed is not None and matters(changed.get_basename()):
+                self.request(f"{changed.get_path()} changed")
+                return
 
     def watch_hotplug(self) -> None:
         """Listen to the kernel's uevents for CPU and memory hotplug."""
@@ -170,12 +179,15 @@ class Watcher:
         except OSError:
             return True
         event = parse_uevent(data)
+        if not is_hotplug(event):
+            return True
+        what = f"{event.get('DEVPATH', event['SUBSYSTEM'])} {event['ACTION']}"
         if hotplug_needs_reload(event, self._sysroot):
-            self._ask()
-        elif is_hotplug(event):
+            self._ask(what)
+        else:
             journal.send(
                 journal.INFO,
-                f"{event.get('DEVPATH', event['SUBSYSTEM'])} {event['ACTION']}: the kernel "
-                "updates the loaded crash kernel itself (crash_hotplug is 1), no reload",
+                f"{what}: the kernel updates the loaded crash kernel itself "
+                "(crash_hotplug is 1), no reload",
             )
         return True

@@ -63,6 +63,8 @@ class FakeKexec(Kexec):
     def _call(
         self, what: str, kernel_fd: int, initrd_fd: int, cmdline: bytes | None, flags: int
     ) -> None:
+        with (self.sysroot / "fake-syscalls").open("a") as log:  # for tests in another process
+            log.write(f"flags {flags:#x}\n")
         slow = self.sysroot / "fake-load-seconds"  # a test's way to make the syscall slow
         if slow.exists():
             time.sleep(float(slow.read_text()))

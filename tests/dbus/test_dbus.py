@@ -189,6 +189,26 @@ def test_reload_waits_for_its_own_load(service: Service) -> None:
     assert after["State"] == "loaded" and "a=2" in after["CommandLine"], after
 
 
+def test_a_reload_asked_during_a_load_of_the_same_files_is_served_by_it(
+    service: Service,
+) -> None:
+    """A kernel install asks twice (the initramfs hook, the kernel hook) and writes the
+    initrd: a request that comes while the load for the first is under way, with no file
+    changed since that load read them, must not make a second load."""
+    syscalls = service.sysroot / "fake-syscalls"
+    (service.sysroot / "fake-load-seconds").write_text("3")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "kdumpd.cli", "reload"], env=service.bus.env, text=True
+    )
+    wait_until(lambda: len(syscalls.read_text().splitlines()) == 2, 30, "the load to begin")
+    second = service.bus.kdumpd("reload")
+    assert first.wait(timeout=60) == 0
+    assert second.returncode == 0, second.stderr
+    # `kdumpd reload` returns once the request is served, so no load can still come.
+    assert len(syscalls.read_text().splitlines()) == 2
+    assert status(service)["State"] == "loaded"
+
+
 def test_unload_waits_for_the_unload(service: Service) -> None:
     (service.sysroot / "fake-load-seconds").write_text("3")  # the unload syscall too
     r = service.bus.kdumpd("unload")

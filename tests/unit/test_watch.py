@@ -107,6 +107,24 @@ def test_a_request_makes_the_next_reload_load(tmp_path: Path) -> None:
     assert len(m.kexec.calls) == 2
 
 
+def _ask_during_the_next_load(
+    m: Machine, monkeypatch: pytest.MonkeyPatch, hardware: bool = False
+) -> list[int]:
+    """Make a request arrive on the D-Bus thread in the middle of the next load syscall;
+    returns [how many status changes there were by then], once it has happened."""
+    asked_at: list[int] = []
+    original = m.kexec._call
+
+    def request_while_loading(*args: Any) -> None:
+        if not asked_at:
+            asked_at.append(len(m.changes))
+            m.daemon.mark_loading(hardware)
+        original(*args)
+
+    monkeypatch.setattr(m.kexec, "_call", request_while_loading)
+    return asked_at
+
+
 def test_a_reload_begun_before_a_request_does_not_end_its_wait(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -114,24 +132,56 @@ def test_a_reload_begun_before_a_request_does_not_end_its_wait(
     when the edit's own reload ended first and the requested one then began."""
     m = Machine(tmp_path)
     m.daemon.reload()
-    asked_at: int | None = None
-    original = m.kexec._call
-
-    def request_while_loading(*args: Any) -> None:
-        nonlocal asked_at
-        if asked_at is None:
-            asked_at = len(m.changes)
-            m.daemon.mark_loading()  # arrives on the D-Bus thread mid-syscall
-        original(*args)
-
-    monkeypatch.setattr(m.kexec, "_call", request_while_loading)
+    asked_at = _ask_during_the_next_load(m, monkeypatch)
     m.config.write_text("cmdline_append: [loglevel=7]\n")
     m.daemon.reload(force=False)  # the edit's reload, already past its start
     assert "loglevel=7" in m.daemon.status.CommandLine  # the load itself happened
     assert m.daemon.status.State == "loading"  # but the asker must not hear "loaded" yet
-    assert "loaded" not in [c.get("State") for c in m.changes[asked_at:]]
-    m.daemon.reload(force=False)  # the coalesced reload for the request loads again
+    assert "loaded" not in [c.get("State") for c in m.changes[asked_at[0] :]]
+    m.daemon.reload(force=False)  # the coalesced reload for the request
+    assert m.daemon.status.State == "loaded"
+    # The load under way had read the files as they are now: it answers the request.
+    assert len(m.kexec.calls) == 2
+
+
+def test_a_request_during_a_load_loads_files_changed_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    _ask_during_the_next_load(m, monkeypatch)
+    m.daemon.reload()
+    (m.root / f"boot/initrd.img-{V}").write_bytes(INITRD + b"rebuilt")  # after it was read
+    m.daemon.reload(force=False)
     assert m.daemon.status.State == "loaded" and len(m.kexec.calls) == 3
+    assert m.kexec.calls[-1] == f"load {len(KERNEL)} {len(INITRD) + 7}"
+
+
+def test_a_hotplug_during_a_load_loads_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files are the same but the memory map is not: the image must be made again."""
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    _ask_during_the_next_load(m, monkeypatch, hardware=True)
+    m.daemon.reload()
+    m.daemon.reload(force=False)
+    assert m.daemon.status.State == "loaded" and len(m.kexec.calls) == 3
+
+
+def test_a_failed_load_answers_a_request_made_during_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same files, same error: the request gets that error, not a second try at it."""
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    (m.root / f"boot/vmlinuz-{V}").write_bytes(b"garbage" * 100)
+    _ask_during_the_next_load(m, monkeypatch)
+    m.daemon.reload(force=False)
+    m.daemon.reload(force=False)
+    s = m.daemon.status
+    assert len(m.kexec.calls) == 3  # the refused load, the previous kernel again; no more
+    assert s.State == "loaded" and "loaded again" in s.LastError
 
 
 def test_a_kernel_being_unpacked_is_not_installed_yet(tmp_path: Path) -> None:

@@ -121,7 +121,13 @@ def no_more_loads(g: Guest, after: str, expected: int) -> None:
         check=False,
         timeout=QUIET_AFTER_S + 30,
     )
-    assert len(loads_since(g, after)) == expected, loads_since(g, after)
+    # On failure, the daemon's own account: each reload says what asked for it.
+    assert len(loads_since(g, after)) == expected, daemon_messages_since(g, after)
+
+
+def reload_reasons_since(g: Guest, after: str) -> list[str]:
+    prefix = "reloading the crash kernel: "
+    return [m[len(prefix) :] for m in daemon_messages_since(g, after) if m.startswith(prefix)]
 
 
 def wait_for(g: Guest, predicate_desc: str, check: object, timeout: float = 120.0) -> float:

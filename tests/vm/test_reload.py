@@ -18,6 +18,7 @@ from tests.vm.kdumpd_guest import (
     internal_errors_since,
     no_more_loads,
     prop,
+    reload_reasons_since,
     status,
     wait_for,
     wait_state,
@@ -57,6 +58,9 @@ def test_kernel_install_and_removal(guest: Guest, second_kernel_deb: Path) -> No
     assert crash_loaded(g) == "1"
     no_more_loads(g, mark, expected=1)
     assert internal_errors_since(g, mark) == []  # dpkg's half-unpacked files are no surprise
+    reasons = reload_reasons_since(g, mark)
+    print("the reload said why:", reasons)
+    assert len(reasons) == 1 and re.search(rf"initrd.img-{new} changed|Reload from", reasons[0])
 
     mark = cursor(g)
     g.run(
