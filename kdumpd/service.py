@@ -111,6 +111,7 @@ class Daemon:
         self._running = False
         self._attempt: Identity | None = None  # the files the last reload read
         self._outcome = self.status.State  # the State a pending request hides as "loading"
+        self._began = 0.0  # when the reload under way began, by the monotonic clock
 
     def _set(self, **changes: Any) -> None:
         # The D-Bus thread and the worker both report; the lock keeps updates whole.
@@ -171,6 +172,7 @@ class Daemon:
                 return
             if why:
                 journal.send(journal.INFO, f"reloading the crash kernel: {why}")
+            self._began = time.monotonic()
             self._attempt = self._inputs()
             self._set(State="loading")
             self._reload()
@@ -325,7 +327,8 @@ class Daemon:
         journal.send(
             journal.INFO,
             f"crash kernel {new.version} loaded ({sizes}) into a "
-            f"{format_size(self.status.ReservedBytes)} reservation",
+            f"{format_size(self.status.ReservedBytes)} reservation in "
+            f"{time.monotonic() - self._began:.1f} s",
             journal.MSG_LOADED,
             kernel_version=new.version,
             kernel_image=new.kernel.path,

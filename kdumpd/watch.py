@@ -1,9 +1,9 @@
 """Why the daemon reloads by itself: files changing, CPUs and memory coming and going.
 
 Everything that asks for a reload (D-Bus Reload, SIGHUP, a watched file, a hotplug
-uevent) goes through one Coalescer: a burst of requests becomes one reload, QUIET seconds
+uevent) goes through one Coalescer: a burst of events becomes one reload, a quiet while
 after the last of them. A package install writes the kernel, then the initrd, then runs
-our hook; all of that ends in a single reload, after the last write. Whether that reload
+our hooks; all of that ends in a single reload, after the last write. Whether that reload
 must load even if no file changed is the daemon's count of requests
 (service.Daemon.mark_loading), not the coalescer's business.
 
@@ -24,7 +24,10 @@ from gi.repository import Gio, GLib
 
 from kdumpd import journal
 
-QUIET_S = 2.0
+QUIET_S = 2.0  # after a file event: whoever writes may not be done
+# After a request: hooks run once their package's files are in place, and a person wants
+# an answer; the wait only gathers requests sent together (two hooks of one install).
+REQUEST_QUIET_S = 0.5
 MAX_WAIT_S = 20.0  # a steady stream of events must not postpone the reload for ever
 
 NETLINK_KOBJECT_UEVENT = 15
@@ -37,15 +40,18 @@ class Coalescer:
     """Pure timing logic, driven by the caller's clock."""
 
     quiet: float = QUIET_S
+    request_quiet: float = REQUEST_QUIET_S
     max_wait: float = MAX_WAIT_S
     first: float | None = None
     deadline: float | None = None
 
-    def event(self, now: float) -> float:
-        """Note a request; returns when the reload is due."""
+    def event(self, now: float, request: bool = False) -> float:
+        """Note a file event or a request; returns when the reload is due. The last one
+        sets the wait."""
         if self.first is None:
             self.first = now
-        self.deadline = min(now + self.quiet, self.first + self.max_wait)
+        quiet = self.request_quiet if request else self.quiet
+        self.deadline = min(now + quiet, self.first + self.max_wait)
         return self.deadline
 
     def due(self, now: float) -> bool:
@@ -109,9 +115,13 @@ class Watcher:
         self._uevents: socket.socket | None = None
 
     def request(self, why: str) -> None:
+        """A request (D-Bus, SIGHUP, hotplug): the daemon has counted it already."""
+        self._event(why, request=True)
+
+    def _event(self, why: str, request: bool) -> None:
         if why not in self._why:
             self._why.append(why)
-        self._coalescer.event(_now())
+        self._coalescer.event(_now(), request)
         self._arm()
 
     def _arm(self) -> None:
@@ -155,10 +165,12 @@ class Watcher:
     ) -> None:
         if event == Gio.FileMonitorEvent.ATTRIBUTE_CHANGED:
             return  # touch or chmod: the content is the same
-        for changed in (file, other):
-            if changed is not None and matters(changed.get_basename()):
-                self.request(f"{changed.get_path()} changed")
-                return
+        names = [f.get_basename() for f in (file, other) if f is not None]
+        if any(matters(n) for n in names):
+            what = f"{file.get_path()} {event.value_nick}"
+            if event == Gio.FileMonitorEvent.RENAMED and other is not None:
+                what += f" to {other.get_path()}"
+            self._event(what, request=False)
 
     def watch_hotplug(self) -> None:
         """Listen to the kernel's uevents for CPU and memory hotplug."""

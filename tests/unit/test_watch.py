@@ -36,6 +36,18 @@ def test_a_steady_stream_still_reloads_within_max_wait() -> None:
     assert fired == [5.0, 10.0]
 
 
+def test_a_request_ends_the_wait_sooner() -> None:
+    """Hooks run once the package's files are in place: after their request the reload
+    need not wait as long as after a file event, which the writer may follow with more."""
+    c = watch.Coalescer(quiet=2.0, request_quiet=0.5)
+    c.event(10.0)  # the initrd renamed into place
+    assert c.event(10.3, request=True) == 10.8  # the initramfs hook
+    assert c.event(10.6, request=True) == 11.1  # the kernel hook
+    assert c.due(11.0) is False and c.due(11.1) is True
+    c.event(20.0, request=True)
+    assert c.event(20.2) == 22.2  # a file written after a request is waited for as ever
+
+
 def test_separate_bursts_give_separate_reloads() -> None:
     c = watch.Coalescer(quiet=2.0)
     c.event(0.0)

@@ -60,7 +60,7 @@ def test_kernel_install_and_removal(guest: Guest, second_kernel_deb: Path) -> No
     assert internal_errors_since(g, mark) == []  # dpkg's half-unpacked files are no surprise
     reasons = reload_reasons_since(g, mark)
     print("the reload said why:", reasons)
-    assert len(reasons) == 1 and re.search(rf"initrd.img-{new} changed|Reload from", reasons[0])
+    assert len(reasons) == 1 and re.search(rf"initrd.img-{new}|Reload from", reasons[0])
 
     mark = cursor(g)
     g.run(
