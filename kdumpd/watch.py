@@ -167,7 +167,8 @@ class Watcher:
             return  # touch or chmod: the content is the same
         names = [f.get_basename() for f in (file, other) if f is not None]
         if any(matters(n) for n in names):
-            what = f"{file.get_path()} {event.value_nick}"
+            done = event == Gio.FileMonitorEvent.CHANGES_DONE_HINT  # the end of "changed"
+            what = f"{file.get_path()} {'changed' if done else event.value_nick}"
             if event == Gio.FileMonitorEvent.RENAMED and other is not None:
                 what += f" to {other.get_path()}"
             self._event(what, request=False)
