@@ -167,7 +167,10 @@ class Daemon:
         try:
             if not force and self._unchanged():
                 if asked:
-                    journal.send(journal.INFO, f"{why}: the files are those the last reload read")
+                    journal.send(
+                        journal.INFO,
+                        f"{why}: answered by the last reload, which read these very files",
+                    )
                 self._set(State=self._outcome)
                 return
             if why:
