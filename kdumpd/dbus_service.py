@@ -151,7 +151,7 @@ class KdumpObject:
         if self._ready:
             journal.notify_reloading()
         self._daemon.mark_loading(hardware)
-        self.watcher.request(why)
+        self.watcher.request(why, settled=not hardware)  # a hotplug burst may go on
 
     def reload_now(self, why: str) -> None:
         """The watcher's coalesced reload. Requests that come while one is queued join it;

@@ -24,10 +24,11 @@ from gi.repository import Gio, GLib
 
 from kdumpd import journal
 
-QUIET_S = 2.0  # after a file event: whoever writes may not be done
-# After a request: hooks run once their package's files are in place, and a person wants
-# an answer; the wait only gathers requests sent together (two hooks of one install).
-REQUEST_QUIET_S = 0.5
+QUIET_S = 2.0  # after a file event or a hotplug event: more may follow
+# After a request from a hook or a person: hooks run once their package's files are in
+# place, and a person wants an answer; the wait only gathers requests sent together (the
+# two hooks of one kernel install).
+SETTLED_QUIET_S = 0.5
 MAX_WAIT_S = 20.0  # a steady stream of events must not postpone the reload for ever
 
 NETLINK_KOBJECT_UEVENT = 15
@@ -40,17 +41,17 @@ class Coalescer:
     """Pure timing logic, driven by the caller's clock."""
 
     quiet: float = QUIET_S
-    request_quiet: float = REQUEST_QUIET_S
+    settled_quiet: float = SETTLED_QUIET_S
     max_wait: float = MAX_WAIT_S
     first: float | None = None
     deadline: float | None = None
 
-    def event(self, now: float, request: bool = False) -> float:
-        """Note a file event or a request; returns when the reload is due. The last one
-        sets the wait."""
+    def event(self, now: float, settled: bool = False) -> float:
+        """Note an event; returns when the reload is due. The last one sets the wait:
+        short when it says the change is complete (settled), as a hook's request does."""
         if self.first is None:
             self.first = now
-        quiet = self.request_quiet if request else self.quiet
+        quiet = self.settled_quiet if settled else self.quiet
         self.deadline = min(now + quiet, self.first + self.max_wait)
         return self.deadline
 
@@ -114,14 +115,13 @@ class Watcher:
         self._monitors: list[Gio.FileMonitor] = []
         self._uevents: socket.socket | None = None
 
-    def request(self, why: str) -> None:
-        """A request (D-Bus, SIGHUP, hotplug): the daemon has counted it already."""
-        self._event(why, request=True)
-
-    def _event(self, why: str, request: bool) -> None:
+    def request(self, why: str, settled: bool) -> None:
+        """A watched file changed, or a reload was asked for (D-Bus, SIGHUP, hotplug:
+        the daemon has counted those). Settled when the asker knows the change is
+        complete."""
         if why not in self._why:
             self._why.append(why)
-        self._coalescer.event(_now(), request)
+        self._coalescer.event(_now(), settled)
         self._arm()
 
     def _arm(self) -> None:
@@ -171,7 +171,7 @@ class Watcher:
             what = f"{file.get_path()} {'changed' if done else event.value_nick}"
             if event == Gio.FileMonitorEvent.RENAMED and other is not None:
                 what += f" to {other.get_path()}"
-            self._event(what, request=False)
+            self.request(what, settled=False)
 
     def watch_hotplug(self) -> None:
         """Listen to the kernel's uevents for CPU and memory hotplug."""

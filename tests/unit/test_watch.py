@@ -39,12 +39,12 @@ def test_a_steady_stream_still_reloads_within_max_wait() -> None:
 def test_a_request_ends_the_wait_sooner() -> None:
     """Hooks run once the package's files are in place: after their request the reload
     need not wait as long as after a file event, which the writer may follow with more."""
-    c = watch.Coalescer(quiet=2.0, request_quiet=0.5)
+    c = watch.Coalescer(quiet=2.0, settled_quiet=0.5)
     c.event(10.0)  # the initrd renamed into place
-    assert c.event(10.3, request=True) == 10.8  # the initramfs hook
-    assert c.event(10.6, request=True) == 11.1  # the kernel hook
+    assert c.event(10.3, settled=True) == 10.8  # the initramfs hook
+    assert c.event(10.6, settled=True) == 11.1  # the kernel hook
     assert c.due(11.0) is False and c.due(11.1) is True
-    c.event(20.0, request=True)
+    c.event(20.0, settled=True)
     assert c.event(20.2) == 22.2  # a file written after a request is waited for as ever
 
 
