@@ -7,6 +7,8 @@ import pwd
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -207,6 +209,24 @@ def test_a_reload_asked_during_a_load_of_the_same_files_is_served_by_it(
     # `kdumpd reload` returns once the request is served, so no load can still come.
     assert len(syscalls.read_text().splitlines()) == 2
     assert status(service)["State"] == "loaded"
+
+
+def voluntary_switches(pid: int) -> int:
+    """How often the process's threads went to sleep: each time, something woke them."""
+    total = 0
+    for status_file in Path(f"/proc/{pid}/task").glob("*/status"):
+        for line in status_file.read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_the_idle_daemon_sleeps(service: Service) -> None:
+    """No polling, and here no watchdog (no systemd): nothing wakes an idle daemon."""
+    assert service.state() == "loaded"
+    before = voluntary_switches(service.proc.pid)
+    time.sleep(5)  # the window being measured, not a wait for an event
+    assert voluntary_switches(service.proc.pid) - before <= 1
 
 
 def test_unload_waits_for_the_unload(service: Service) -> None:

@@ -43,6 +43,24 @@ def test_enabled_and_loaded(loaded_guest: Guest) -> None:
     assert "crash kernel" in journal(g, "-u", "kdumpd", f"MESSAGE_ID={MSG_LOADED}")
 
 
+def test_idle_daemon_wakes_only_for_the_watchdog(loaded_guest: Guest) -> None:
+    """No polling: watched files and hotplug arrive by inotify and netlink. The unit's
+    WatchdogSec=60 means a ping every 30 s; over a 30 s window with nothing happening,
+    the daemon's threads wake for at most one ping. A poll every few seconds would show."""
+    g = loaded_guest
+    wait_state(g)
+    pid = g.run("systemctl show -p MainPID --value kdumpd").stdout.strip()
+    count = (
+        f"cat /proc/{pid}/task/*/status "
+        "| awk '/^voluntary_ctxt_switches/ {n += $2} END {print n}'"
+    )
+    # The window is what is measured, not a wait for something to happen.
+    out = g.run(f"{count}; sleep 30; {count}").stdout.split()
+    wakeups = int(out[1]) - int(out[0])
+    print(f"\nkdumpd woke {wakeups} times in 30 s")
+    assert wakeups <= 3, wakeups  # a ping, with room for the thread it may touch
+
+
 def test_unprivileged_user_reads_but_cannot_reload(loaded_guest: Guest) -> None:
     g = loaded_guest
     assert prop(g, "State", user="tester") == "loaded"
