@@ -269,6 +269,13 @@ class Daemon:
             raise Failure("failed", str(e)) from None
         if note:
             journal.send(journal.WARNING, note, kernel_version=files.version)
+        elif (old := self.good) and old.version != files.version and not old.kernel.path.exists():
+            journal.send(
+                journal.NOTICE,
+                f"crash kernel {old.version} was removed ({old.kernel.path} is gone); "
+                f"loading {files.version}",
+                kernel_version=files.version,
+            )
         res = reservation.read_reservation(self.sysroot)
         recommended = reservation.recommended_bytes(res.ram_bytes, *files.sizes())
         self._set(ReservedBytes=res.reserved_bytes, RecommendedBytes=recommended)

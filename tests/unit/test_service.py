@@ -120,6 +120,24 @@ def test_removed_kernel_falls_back_to_another(tmp_path: Path) -> None:
     assert "no kernel image for 6.1.0-99-amd64" in s.LastError
 
 
+def test_latest_says_when_the_loaded_kernel_was_removed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = Machine(tmp_path, versions=(V, "6.1.0-30-amd64"))
+    m.config.write_text("kernel: latest\n")
+    m.daemon.reload()
+    assert m.daemon.status.KernelVersion == "6.1.0-30-amd64"
+    capsys.readouterr()
+    for name in ("vmlinuz", "initrd.img"):
+        (m.root / f"boot/{name}-6.1.0-30-amd64").unlink()
+    m.daemon.reload(force=False)
+    s = m.daemon.status
+    assert (s.State, s.KernelVersion, s.LastError) == ("loaded", V, "")
+    err = capsys.readouterr().err
+    gone = m.root / "boot/vmlinuz-6.1.0-30-amd64"
+    assert f"crash kernel 6.1.0-30-amd64 was removed ({gone} is gone); loading {V}" in err
+
+
 def test_latest(tmp_path: Path) -> None:
     m = Machine(tmp_path, versions=(V, "6.1.0-30-amd64", "6.1.0-9-amd64"), ram=2 * GIB)
     m.config.write_text("kernel: latest\n")

@@ -14,6 +14,7 @@ from tests.vm.kdumpd_guest import (
     MSG_LOAD_FAILED,
     crash_loaded,
     cursor,
+    daemon_messages_since,
     entries_since,
     internal_errors_since,
     no_more_loads,
@@ -76,6 +77,8 @@ def test_kernel_install_and_removal(guest: Guest, second_kernel_deb: Path) -> No
     assert crash_loaded(g) == "1"
     no_more_loads(g, mark, expected=1)
     assert internal_errors_since(g, mark) == []
+    said = f"crash kernel {new} was removed (/boot/vmlinuz-{new} is gone); loading {running}"
+    assert said in daemon_messages_since(g, mark)
 
 
 def test_initramfs_rebuild_reloads_once(guest: Guest) -> None:
