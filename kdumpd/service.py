@@ -158,7 +158,8 @@ class Daemon:
 
         Unforced (a watched file changed) and with no request that must load (see
         mark_loading): only when the config or the chosen kernel's files differ from what
-        the last reload read, so events that change nothing load nothing.
+        the last reload read, so events that change nothing load nothing. `why` is what
+        asked for it, for the journal.
         """
         with self._lock:
             asked = self._asked > self._taken
