@@ -82,6 +82,8 @@ class FakeKexec(Kexec):
         reserved = int((self.sysroot / "sys/kernel/kexec_crash_size").read_text())
         if not kernel.startswith(b"MZ"):
             raise KexecError(errno.ENOEXEC, what)
+        if kernel.startswith(b"MZ badly signed"):  # as under KEXEC_SIG_FORCE
+            raise KexecError(errno.EKEYREJECTED, what)
         if reserved < len(kernel) + len(initrd):
             raise KexecError(errno.EADDRNOTAVAIL, what)
         self.loaded_kernel = kernel

@@ -76,6 +76,18 @@ def test_refused_kernel_brings_back_the_last_good_one(tmp_path: Path) -> None:
     assert m.kexec.calls == ["load 10752 61440", "load 7 61440", "load 10752 61440"]
 
 
+def test_rejected_signature_brings_back_the_last_good_one(tmp_path: Path) -> None:
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    (m.root / f"boot/vmlinuz-{V}").write_bytes(b"MZ badly signed" + KERNEL)
+    m.daemon.reload()
+    s = m.daemon.status
+    assert s.State == "loaded" and s.CrashKernelLoaded and m.kernel_says_loaded()
+    assert "the kernel image's signature was rejected (EKEYREJECTED)" in s.LastError
+    assert f"the previous crash kernel {V} was loaded again" in s.LastError
+    assert m.kexec.loaded_kernel == KERNEL[: 1 << 20] and len(m.kexec.calls) == 3
+
+
 def test_refused_kernel_with_no_previous_one_fails(tmp_path: Path) -> None:
     m = Machine(tmp_path)
     (m.root / f"boot/vmlinuz-{V}").write_bytes(b"garbage")
