@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import platform
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,15 +54,29 @@ _REASONS = {
 }
 
 
-def explain(err: int) -> str:
+def lockdown_mode(text: str) -> str:
+    """The active mode in /sys/kernel/security/lockdown ("none [integrity] confidentiality")."""
+    active = re.search(r"\[(\w+)\]", text)
+    return active.group(1) if active else "none"
+
+
+def explain(err: int, lockdown: str = "none") -> str:
+    if err == errno.EPERM and lockdown != "none":
+        # Under lockdown, an image whose signature does not verify is refused with EPERM
+        # (kimage_validate_signature); the other EPERM causes are unlikely on such a system.
+        return (
+            f"the kernel is locked down ({lockdown}): it loads only kernel images signed "
+            "with a key it trusts"
+        )
     return _REASONS.get(err, os.strerror(err))
 
 
 class KexecError(OSError):
     """A failed kexec_file_load, with the errno turned into a sentence."""
 
-    def __init__(self, err: int, what: str) -> None:
-        super().__init__(err, f"{what} failed: {explain(err)} ({errno.errorcode.get(err, err)})")
+    def __init__(self, err: int, what: str, lockdown: str = "none") -> None:
+        reason = explain(err, lockdown)
+        super().__init__(err, f"{what} failed: {reason} ({errno.errorcode.get(err, err)})")
 
 
 @dataclass
@@ -122,7 +137,7 @@ class Kexec:
             ctypes.c_ulong(flags),
         )
         if result != 0:
-            raise KexecError(ctypes.get_errno(), what)
+            raise KexecError(ctypes.get_errno(), what, self.lockdown())
 
     def load(self, kernel: Image, initrd: Image | None, cmdline: str) -> None:
         """Load a crash kernel. On failure nothing is loaded (see the module docstring)."""
@@ -135,6 +150,12 @@ class Kexec:
         self._call(
             "unloading the crash kernel", -1, -1, None, KEXEC_FILE_UNLOAD | KEXEC_FILE_ON_CRASH
         )
+
+    def lockdown(self) -> str:
+        try:
+            return lockdown_mode((self.sysroot / "sys/kernel/security/lockdown").read_text())
+        except OSError:  # no lockdown LSM, or securityfs not mounted
+            return "none"
 
     def loaded(self) -> bool:
         """What the kernel says, never what we remember."""

@@ -144,3 +144,22 @@ def test_cpu_hotplug_reloads(guest: Guest) -> None:
     wait_for(g, "a hotplug reload", lambda s: s["LastLoadUsec"] > before)
     assert prop(g, "State") == "loaded" and crash_loaded(g) == "1"
     no_more_loads(g, mark, expected=1)  # offline and online: one coalesced reload
+
+
+def test_a_locked_down_kernel_refuses_and_the_status_says_so(guest: Guest) -> None:
+    """Last in this module: lockdown lasts until the next boot. Locked down, the kernel
+    loads only images signed with a key it trusts. This guest (SeaBIOS, no UEFI db, no
+    MOK) trusts no key that signed Debian's kernel, so even the copy of the last good one
+    is refused: a real failed crash reload that leaves nothing loaded. kdumpd must say
+    why, and must not claim a crash kernel it no longer has."""
+    g = guest
+    wait_state(g)
+    assert crash_loaded(g) == "1"
+    g.run("echo integrity > /sys/kernel/security/lockdown")
+    r = g.run("kdumpd reload", check=False)
+    assert r.rc != 0 and "the kernel is locked down (integrity)" in r.stderr, r
+    s = status(g)
+    assert s["State"] == "failed" and s["CrashKernelLoaded"] is False, s
+    assert crash_loaded(g) == "0"
+    assert "loading the previous crash kernel" in s["LastError"]
+    assert "again also failed" in s["LastError"]
