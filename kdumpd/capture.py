@@ -312,24 +312,35 @@ class Capture:
         return (folder / dumps.VMCORE).stat().st_size, compression
 
 
+def action_after(cfg: config.Config, ok: bool) -> str:
+    return cfg.final_action if ok else cfg.failure_action
+
+
+def save(cfg: config.Config) -> bool:
+    """Save the dump and say how it went and what comes next; True when it is complete."""
+    if not VMCORE.exists():
+        say(f"{VMCORE} does not exist: this is not a crash kernel; nothing to do")
+        ok = False
+    else:
+        try:
+            ok = Capture(cfg).run()
+        except (OSError, CaptureError) as e:
+            say(f"capture FAILED: {e}")
+            ok = False
+    say(f"{'capture complete' if ok else 'capture failed'}; {action_after(cfg, ok)}")
+    os.sync()
+    return ok
+
+
 def main(config_path: Path) -> int:
+    """`kdumpd capture`: in the machine's own systemd (capture mode "system")."""
     try:
         cfg = config.load(config_path)
     except config.ConfigError as e:
         say(f"configuration error, using the defaults: {e}")
         cfg = config.Config(path=config_path)
-    if not VMCORE.exists():
-        say(f"{VMCORE} does not exist: this is not a crash kernel; nothing to do")
-        return 1
-    try:
-        ok = Capture(cfg).run()
-    except (OSError, CaptureError) as e:
-        say(f"capture FAILED: {e}")
-        ok = False
-    action = cfg.final_action if ok else cfg.failure_action
-    say(f"{'capture complete' if ok else 'capture failed'}; {action}")
-    os.sync()
-    subprocess.run(ACTION_COMMANDS[action])
+    ok = save(cfg)
+    subprocess.run(ACTION_COMMANDS[action_after(cfg, ok)])
     return 0 if ok else 1
 
 

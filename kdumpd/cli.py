@@ -54,6 +54,12 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return capture.main(args.config)
 
 
+_MODES = {
+    "initramfs": "initramfs (kdumpd's own capture initramfs)",
+    "system": "system (the machine's own initramfs and systemd)",
+}
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from kdumpd import dbus_service
 
@@ -69,6 +75,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             ("Crash kernel", f"{status['KernelVersion'] or '-'} ({loaded})"),
             ("Kernel image", status["KernelImage"] or "-"),
             ("Initrd", status["Initrd"] or "-"),
+            ("Capture mode", _MODES.get(status["CaptureMode"], "-")),
             ("Command line", status["CommandLine"] or "-"),
             ("Reservation", f"{reserved} (capture needs about {recommended})"),
             ("Last load", _when(status["LastLoadUsec"])),

@@ -33,7 +33,7 @@ REMOVE = (
 )
 
 # What kdump-utils and kdump-tools agree on: one CPU, tolerate devices left mid-DMA by the
-# dead kernel, reboot by itself if the crash kernel panics too, boot straight into capture.
+# dead kernel, reboot by itself if the crash kernel panics too.
 APPEND = (
     "irqpoll",
     "nr_cpus=1",
@@ -45,6 +45,9 @@ APPEND = (
     "cma=0",
     "hugetlb_cma=0",
     "usbcore.nousb",
+)
+# Capture mode "system" boots the machine's own initramfs and systemd: straight into capture.
+APPEND_SYSTEM = (
     "udev.children-max=1",
     f"systemd.unit={CAPTURE_TARGET}",
     # sysinit.target units that only cost time in capture: flushing (and rotating) the
@@ -106,13 +109,19 @@ def build(
     append: tuple[str, ...] = (),
     machine: str = "x86_64",
     max_len: int = 2047,
+    system: bool = True,
 ) -> str:
     """The capture command line. Parameters in `append` replace same-named defaults;
-    `remove` applies to the running command line and to the defaults."""
+    `remove` applies to the running command line and to the defaults. `system`: the crash
+    kernel boots the machine's systemd (else kdumpd's own initramfs)."""
     params = split(running)
     if "--" in params:  # what follows belongs to init, not to the kernel
         params = params[: params.index("--")]
-    extra = [*APPEND, *(APPEND_X86 if machine == "x86_64" else ())]
+    extra = [
+        *APPEND,
+        *(APPEND_SYSTEM if system else ()),
+        *(APPEND_X86 if machine == "x86_64" else ()),
+    ]
     user_keys = {_key(p) for p in append}
     added = [
         p for p in extra if _key(p) not in user_keys and not any(_matches(p, r) for r in remove)

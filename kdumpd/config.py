@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kdumpd.sizes import SizeError, parse_size
 
 DEFAULT_PATH = Path("/etc/kdumpd/kdumpd.yaml")
@@ -150,6 +148,8 @@ _FIELDS: dict[str, Any] = {
 
 def parse(text: str, path: Path) -> Config:
     """Build a Config from YAML text; raise ConfigError listing every problem found."""
+    import yaml  # here: the capture initramfs uses Config and has no PyYAML
+
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:

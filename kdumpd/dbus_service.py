@@ -42,6 +42,7 @@ PROPERTY_TYPES = {
     "LastLoadUsec": "t",
     "LastError": "s",
     "ConfigPath": "s",
+    "CaptureMode": "s",
 }
 
 _PROPERTIES_XML = "\n".join(
@@ -178,6 +179,15 @@ class KdumpObject:
         self._ready = True
         self.watcher.watch_files(self._daemon.watch_targets())
         journal.notify(READY="1", STATUS=_status_words(self._daemon.status))
+        if self._daemon.unbuilt is not None:  # the machine is protected: now build it
+
+            def build() -> None:
+                try:
+                    self._daemon.build_environment()
+                finally:
+                    GLib.idle_add(self._reloaded)
+
+            self._worker.submit("environment", build)
         return False  # GLib: run once
 
     def _unload(self) -> None:

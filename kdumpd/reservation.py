@@ -462,12 +462,16 @@ KERNEL_RUNTIME_BYTES = 8 * MiB
 # with the page cache capture needs to go at full speed (48 MiB left after boot at 112M
 # was enough but slow; 64 MiB at 128M ran at full speed).
 CAPTURE_USERSPACE_BYTES = 40 * MiB
+# With kdumpd's own capture initramfs (kdumpd/environment.py) there is no systemd or udev:
+# Python running the capture and makedumpfile, and the page cache for writing the dump.
+INITRAMFS_USERSPACE_BYTES = 16 * MiB
 # makedumpfile keeps two bitmaps of one bit per 4K page of the crashed system's
 # RAM; in cyclic mode they are cut into pieces, so this is an upper bound.
 BITMAP_BITS_PER_PAGE = 2
 # Suggestions land on multiples of 16M (x86's CRASH_ALIGN) ...
 RECOMMENDED_ALIGN = 16 * MiB
-# ... and never below 128M: under it, capture that fits still runs under memory pressure.
+# ... and, booting the machine's systemd, never below 128M: under it, capture that fits
+# still runs under memory pressure.
 RECOMMENDED_FLOOR = 128 * MiB
 
 
@@ -482,7 +486,7 @@ class CaptureEstimate:
     bitmap: int
     memmap: int  # struct pages for the crash kernel's own memory
     total: int  # sum of the above, unrounded
-    recommended: int  # total rounded up to RECOMMENDED_ALIGN, at least RECOMMENDED_FLOOR
+    recommended: int  # total rounded up to RECOMMENDED_ALIGN (system: RECOMMENDED_FLOOR at least)
 
 
 def nice_size(n: int) -> int:
@@ -490,12 +494,21 @@ def nice_size(n: int) -> int:
     return max(_round_up(n, RECOMMENDED_ALIGN), RECOMMENDED_ALIGN)
 
 
-def capture_estimate(ram_bytes: int, kernel_size: int, initrd_size: int) -> CaptureEstimate:
-    """Estimate the crash reservation capture needs, part by part."""
+def capture_estimate(
+    ram_bytes: int, kernel_size: int, initrd_size: int, unpacked_size: int = 0
+) -> CaptureEstimate:
+    """Estimate the crash reservation capture needs, part by part. `unpacked_size`: the
+    size of kdumpd's own capture initramfs unpacked; 0 for the machine's (capture mode
+    "system"), whose unpacked size is estimated and which boots systemd."""
     kernel = kernel_size * KERNEL_IMAGE_FACTOR
-    initrd = initrd_size * INITRD_UNPACK_FACTOR
     bitmap = math.ceil(ram_bytes / _PAGE_BYTES * BITMAP_BITS_PER_PAGE / 8)
-    base = kernel + initrd + KERNEL_RUNTIME_BYTES + CAPTURE_USERSPACE_BYTES + bitmap
+    if unpacked_size:
+        initrd = initrd_size + unpacked_size
+        userspace, floor = INITRAMFS_USERSPACE_BYTES, 0
+    else:
+        initrd = initrd_size * INITRD_UNPACK_FACTOR
+        userspace, floor = CAPTURE_USERSPACE_BYTES, RECOMMENDED_FLOOR
+    base = kernel + initrd + KERNEL_RUNTIME_BYTES + userspace + bitmap
     # The crash kernel spends 64 bytes of memmap per 4K page of its own memory,
     # i.e. the reservation R must satisfy R >= base + R/64.
     total = math.ceil(base * _PAGE_BYTES / (_PAGE_BYTES - _STRUCT_PAGE_BYTES))
@@ -503,17 +516,19 @@ def capture_estimate(ram_bytes: int, kernel_size: int, initrd_size: int) -> Capt
         kernel=kernel,
         initrd=initrd,
         kernel_runtime=KERNEL_RUNTIME_BYTES,
-        userspace=CAPTURE_USERSPACE_BYTES,
+        userspace=userspace,
         bitmap=bitmap,
         memmap=total - base,
         total=total,
-        recommended=max(nice_size(total), RECOMMENDED_FLOOR),
+        recommended=max(nice_size(total), floor),
     )
 
 
-def recommended_bytes(ram_bytes: int, kernel_size: int, initrd_size: int) -> int:
+def recommended_bytes(
+    ram_bytes: int, kernel_size: int, initrd_size: int, unpacked_size: int = 0
+) -> int:
     """The crash reservation capture is estimated to need (see capture_estimate)."""
-    return capture_estimate(ram_bytes, kernel_size, initrd_size).recommended
+    return capture_estimate(ram_bytes, kernel_size, initrd_size, unpacked_size).recommended
 
 
 # --- Verdict ------------------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdumpd import cmdline, config, images, journal, kernels, reservation
+from kdumpd import cmdline, config, environment, images, journal, kernels, reservation
 from kdumpd.loader import Image, Kexec, KexecError, snapshot
 from kdumpd.sizes import format_size, human_size
 
@@ -38,6 +38,7 @@ class Status:
     LastLoadUsec: int = 0
     LastError: str = ""
     ConfigPath: str = ""
+    CaptureMode: str = ""  # "initramfs" (kdumpd's own), "system" (the machine's), "" (none)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -61,6 +62,16 @@ def identity(*paths: Path | None) -> Identity:
     return tuple(found)
 
 
+@dataclass(frozen=True)
+class Arming:
+    """How the crash kernel will save the dump."""
+
+    mode: str  # "initramfs": kdumpd's capture initramfs; "system": the machine's own boot
+    initrd: Path | None
+    unpacked: int  # bytes of kdumpd's initramfs unpacked; 0 for the machine's
+    why: str  # why "system", for LastError
+
+
 @dataclass
 class Loaded:
     """A crash kernel we loaded, kept as private copies so it can be loaded again."""
@@ -69,6 +80,7 @@ class Loaded:
     kernel: Image
     initrd: Image | None
     cmdline: str
+    mode: str
 
     def close(self) -> None:
         self.kernel.close()
@@ -95,10 +107,16 @@ class Daemon:
         kexec: Kexec,
         sysroot: Path = Path("/"),
         on_change: Callable[[dict[str, Any]], None] = lambda changed: None,
+        cache: Path = environment.CACHE_DIR,
+        planner: Callable[[config.Config, str, Path], environment.Plan] = environment.plan,
     ) -> None:
         self.config_path = config_path
         self.kexec = kexec
         self.sysroot = sysroot
+        self.cache = cache
+        self.planner = planner
+        # A capture initramfs to build once the machine is protected (build_environment).
+        self.unbuilt: environment.Plan | None = None
         self.on_change = on_change
         self.status = Status(ConfigPath=str(config_path))
         self.config: config.Config | None = None
@@ -227,8 +245,9 @@ class Daemon:
         dirs = {self.config_path.parent, self.sysroot / "boot"}
         if self.good:
             for image in filter(None, (self.good.kernel, self.good.initrd)):
-                names.add(image.path.name)
-                dirs.add(image.path.parent)
+                if image.path.parent != self.cache:  # kdumpd's own initramfs
+                    names.add(image.path.name)
+                    dirs.add(image.path.parent)
 
         def matters(name: str) -> bool:
             if name in names:
@@ -277,8 +296,13 @@ class Daemon:
                 f"loading {files.version}",
                 kernel_version=files.version,
             )
+        arming = self._arming(cfg, files)
         res = reservation.read_reservation(self.sysroot)
-        recommended = reservation.recommended_bytes(res.ram_bytes, *files.sizes())
+        kernel_size, _ = files.sizes()
+        initrd_size = arming.initrd.stat().st_size if arming.initrd else 0
+        recommended = reservation.recommended_bytes(
+            res.ram_bytes, kernel_size, initrd_size, arming.unpacked
+        )
         self._set(ReservedBytes=res.reserved_bytes, RecommendedBytes=recommended)
         verdict = reservation.assess(res, recommended, cfg.min_reservation)
         warning = ""
@@ -293,13 +317,65 @@ class Daemon:
         if verdict.state == "below-recommended":
             warning = f"warning: {verdict.message} Set {verdict.suggestion}."
             journal.send(journal.WARNING, warning, journal.MSG_RESERVATION)
-        new = self._prepare(files, cfg)
-        self._load(new, warning, note)
+        new = self._prepare(files, arming, cfg)
+        self._load(new, warning, note, arming.why)
 
-    def _prepare(self, files: kernels.KernelFiles, cfg: config.Config) -> Loaded:
+    def _arming(self, cfg: config.Config, files: kernels.KernelFiles) -> Arming:
+        """kdumpd's capture initramfs when it can reach the dump path, else the machine's
+        own initramfs and systemd. An initramfs not built yet is built now while a crash
+        kernel is loaded (the machine stays protected meanwhile); with none loaded, the
+        machine's boot is armed first and the build comes after (build_environment)."""
+        if cfg.initrd is not None:
+            return Arming("system", files.initrd, 0, "")
+        try:
+            plan = self.planner(cfg, files.version, self.sysroot)
+        except (environment.Unreachable, OSError) as e:
+            why = f"capture boots the system's own initramfs and systemd: {e}"
+            journal.send(journal.NOTICE, why, kernel_version=files.version)
+            return Arming("system", files.initrd, 0, why)
+        image = environment.find(plan, self.cache)
+        if image is None and not self.kexec.loaded():
+            self.unbuilt = plan
+            journal.send(
+                journal.INFO,
+                "the capture initramfs is not built yet: the system's own boot is armed "
+                "until it is",
+            )
+            return Arming("system", files.initrd, 0, "")
+        if image is None:
+            image = self._build(plan)
+        return Arming("initramfs", image.path, image.unpacked, "")
+
+    def _build(self, plan: environment.Plan) -> environment.Image:
+        try:
+            image = environment.build(plan, self.cache)
+        except OSError as e:
+            raise Failure("failed", f"cannot write the capture initramfs: {e}") from None
+        journal.send(
+            journal.INFO,
+            f"capture initramfs built in {image.seconds:.1f} s: {image.path} "
+            f"({human_size(image.size)}, {human_size(image.unpacked)} unpacked; dump file "
+            f"system {plan.target.fstype} UUID {plan.target.uuid} on "
+            f"{', '.join(plan.target.devices)})",
+        )
+        return image
+
+    def build_environment(self) -> None:
+        """Build the capture initramfs the last reload had to do without, and switch to it."""
+        plan, self.unbuilt = self.unbuilt, None
+        if plan is None:
+            return
+        try:
+            self._build(plan)
+        except Failure as failure:
+            journal.send(journal.ERR, str(failure))
+            return
+        self.reload(force=True, why="the capture initramfs is built")
+
+    def _prepare(self, files: kernels.KernelFiles, arming: Arming, cfg: config.Config) -> Loaded:
         try:
             kernel = snapshot(files.image)
-            initrd = snapshot(files.initrd) if files.initrd else None
+            initrd = snapshot(arming.initrd) if arming.initrd else None
         except OSError as e:
             raise Failure("failed", f"cannot read {e.filename}: {e.strerror}") from None
         try:
@@ -311,16 +387,21 @@ class Daemon:
             running = (self.sysroot / "proc/cmdline").read_text().strip()
             limit = images.cmdline_max(os.pread(kernel.fd, 0x8000, 0))
             line = cmdline.build(
-                running, cfg.cmdline_remove, cfg.cmdline_append, self.kexec.machine, limit
+                running,
+                cfg.cmdline_remove,
+                cfg.cmdline_append,
+                self.kexec.machine,
+                limit,
+                system=arming.mode == "system",
             )
         except (OSError, ValueError) as e:
             kernel.close()
             if initrd:
                 initrd.close()
             raise Failure("failed", str(e)) from None
-        return Loaded(files.version, kernel, initrd, line)
+        return Loaded(files.version, kernel, initrd, line, arming.mode)
 
-    def _load(self, new: Loaded, warning: str, note: str) -> None:
+    def _load(self, new: Loaded, warning: str, note: str, why: str) -> None:
         try:
             self.kexec.load(new.kernel, new.initrd, new.cmdline)
         except KexecError as e:
@@ -337,7 +418,7 @@ class Daemon:
             sizes += f", initrd {human_size(new.initrd.size)}"
         journal.send(
             journal.INFO,
-            f"crash kernel {new.version} loaded ({sizes}) into a "
+            f"crash kernel {new.version} loaded ({sizes}, capture mode {new.mode}) into a "
             f"{format_size(self.status.ReservedBytes)} reservation in "
             f"{time.monotonic() - self._began:.1f} s",
             journal.MSG_LOADED,
@@ -353,8 +434,9 @@ class Daemon:
             KernelImage=str(new.kernel.path),
             Initrd=str(new.initrd.path) if new.initrd else "",
             CommandLine=new.cmdline,
+            CaptureMode=new.mode if loaded else "",
             LastLoadUsec=now_usec(),
-            LastError=" ".join(filter(None, (warning, note)))
+            LastError=" ".join(filter(None, (warning, note, why)))
             if loaded
             else "the kernel accepted the crash kernel but reports none loaded",
         )
@@ -393,6 +475,7 @@ class Daemon:
             self.good.close()
             self.good = None
         self._attempt = None  # the next file event loads again
+        self._set(CaptureMode="")
         journal.send(journal.NOTICE, "crash kernel unloaded", journal.MSG_UNLOADED)
         self._settle("not-loaded", "")
 

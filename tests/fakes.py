@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kdumpd import config, cpio, environment
 from kdumpd.loader import KEXEC_FILE_ON_CRASH, KEXEC_FILE_UNLOAD, Kexec, KexecError
 from kdumpd.service import Daemon
 
@@ -90,14 +91,45 @@ class FakeKexec(Kexec):
         self._set_loaded(True)
 
 
+TARGET = environment.Target(
+    uuid="0f3c1e2a-5b6d-4c7e-8f90-123456789abc",
+    fstype="ext4",
+    options="",
+    subdir="var/crash",
+    volume_groups=(),
+    devices=("vda",),
+    modules=frozenset({"ext4", "virtio_blk"}),
+)
+
+
+def fake_plan(cfg: config.Config, version: str, sysroot: Path) -> environment.Plan:
+    """A capture initramfs of one file per kernel version (the real one: test_environment)."""
+    return environment.Plan(TARGET, {"init": cpio.regular(f"{version}\n".encode(), 0o755)})
+
+
+def unreachable(cfg: config.Config, version: str, sysroot: Path) -> environment.Plan:
+    raise environment.Unreachable(f"{cfg.dump_path} is on a network file system")
+
+
 class Machine:
-    def __init__(self, tmp_path: Path, **sysroot: Any) -> None:
+    """system=True: the capture initramfs cannot reach the dump path, the machine's own
+    initrd is loaded every time."""
+
+    def __init__(self, tmp_path: Path, system: bool = False, **sysroot: Any) -> None:
         self.root = make_sysroot(tmp_path / "root", **sysroot)
         self.config = tmp_path / "kdumpd.yaml"
         self.config.write_text("")
         self.kexec = FakeKexec(self.root)
         self.changes: list[dict[str, Any]] = []
-        self.daemon = Daemon(self.config, self.kexec, self.root, self.changes.append)
+        self.cache = tmp_path / "cache"
+        self.daemon = Daemon(
+            self.config,
+            self.kexec,
+            self.root,
+            self.changes.append,
+            cache=self.cache,
+            planner=unreachable if system else fake_plan,
+        )
 
     def kernel_says_loaded(self) -> bool:
         return (self.root / "sys/kernel/kexec_crash_loaded").read_text().strip() == "1"

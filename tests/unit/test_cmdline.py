@@ -69,7 +69,7 @@ def test_too_long_is_refused_with_numbers() -> None:
 
 
 def test_unit_masks_add_up_and_can_be_removed() -> None:
-    default_masks = [p for p in cmdline.APPEND if p.startswith("systemd.mask=")]
+    default_masks = [p for p in cmdline.APPEND_SYSTEM if p.startswith("systemd.mask=")]
     assert "systemd.mask=systemd-journal-flush.service" in default_masks
     line = cmdline.build(
         DEBIAN + " systemd.mask=broken.service",

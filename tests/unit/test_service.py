@@ -64,7 +64,7 @@ def test_broken_config_with_nothing_loaded_fails(tmp_path: Path) -> None:
 
 
 def test_refused_kernel_brings_back_the_last_good_one(tmp_path: Path) -> None:
-    m = Machine(tmp_path)
+    m = Machine(tmp_path, system=True)
     m.daemon.reload()
     (m.root / f"boot/vmlinuz-{V}").write_bytes(b"garbage")
     m.daemon.reload()

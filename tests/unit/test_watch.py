@@ -159,7 +159,7 @@ def test_a_reload_begun_before_a_request_does_not_end_its_wait(
 def test_a_request_during_a_load_loads_files_changed_since(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    m = Machine(tmp_path)
+    m = Machine(tmp_path, system=True)
     m.daemon.reload()
     _ask_during_the_next_load(m, monkeypatch)
     m.daemon.reload()
@@ -234,7 +234,7 @@ def test_config_change_is_a_change(tmp_path: Path) -> None:
 
 
 def test_garbage_initrd_is_refused_before_the_syscall(tmp_path: Path) -> None:
-    m = Machine(tmp_path)
+    m = Machine(tmp_path, system=True)
     m.daemon.reload()
     (m.root / f"boot/initrd.img-{V}").write_bytes(b"\0" * 4096)
     m.daemon.reload(force=False)

@@ -1,0 +1,558 @@
+"""The capture initramfs: a small archive kdumpd assembles from this machine's own files,
+so that the crash kernel saves the dump without booting the machine's initramfs and
+systemd.
+
+It holds Python and the stdlib modules `kdumpd.init` imports (found by importing it, not
+guessed), makedumpfile and blkid with the libraries their ELF headers name, the kernel
+modules for the dump file system's device chain (from sysfs, closed over modules.dep and
+modules.softdep of the crash kernel's version), and the capture settings. `kdumpd.init`
+runs as /init: it mounts the dump file system by UUID and runs the same capture code as
+the machine's own boot would.
+
+Everything here reads a sysroot; nothing changes the system but the cache directory.
+Where the dump file system cannot be reached this way (network, encryption, RAID, loop
+files, ...), `plan` raises Unreachable with the reason, and the daemon arms the machine's
+own initramfs and systemd instead (capture mode "system").
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import lzma
+import marshal
+import os
+import re
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdumpd import capture, config, cpio, elf
+
+CACHE_DIR = Path("/var/cache/kdumpd")
+IMAGE_PREFIX = "initramfs-"
+# Where the kdumpd package sits inside the archive (python runs with -I -S: no site dirs).
+PACKAGE_DIR = "usr/lib/kdumpd/python"
+SETTINGS = "etc/kdumpd/capture.json"
+TARGET_DIR = "/target"  # where /init mounts the dump file system
+FILESYSTEMS = ("ext4", "ext3", "ext2", "xfs", "btrfs")
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "9p", "fuse.sshfs")
+# btrfs: mount the top-level subvolume; the dump path below it includes the subvolume.
+MOUNT_OPTIONS = {"btrfs": "subvolid=5"}
+# Config keys the capture itself reads; the rest is the daemon's.
+CAPTURE_KEYS = (
+    "dump_level",
+    "compression",
+    "makedumpfile_args",
+    "min_free_space",
+    "keep_dumps",
+    "final_action",
+    "failure_action",
+)
+SBIN_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
+# gzip: every kernel unpacks it (RD_GZIP) and Python writes it without other tools.
+GZIP_LEVEL = 6
+
+
+class Unreachable(Exception):
+    """The capture initramfs cannot reach the dump path (or cannot be assembled here)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The dump file system, as /init finds and mounts it."""
+
+    uuid: str
+    fstype: str
+    options: str
+    subdir: str  # the dump path inside the file system, from its top
+    volume_groups: tuple[str, ...]  # LVM volume groups to activate first
+    devices: tuple[str, ...]  # the block devices on the way, for messages
+    modules: frozenset[str]  # drivers of the device chain and the file system
+
+
+@dataclass
+class Mount:
+    point: str
+    root: str  # the mount's root inside its file system (a subvolume, a bind mount)
+    fstype: str
+    source: str
+    major: int
+    minor: int
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    mounts = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 5 or len(tail) < 2:
+            continue
+        major, _, minor = fields[2].partition(":")
+        mounts.append(
+            Mount(_unescape(fields[4]), _unescape(fields[3]), tail[0], _unescape(tail[1]),
+                  int(major), int(minor))
+        )  # fmt: skip
+    return mounts
+
+
+def mount_of(path: Path, mounts: list[Mount]) -> Mount:
+    """The mount a path is on: the longest mount point above it, the last one mounted."""
+    best: Mount | None = None
+    for m in mounts:
+        point = Path(m.point)
+        if (point == path or point in path.parents) and (
+            best is None or len(m.point) >= len(best.point)
+        ):
+            best = m
+    if best is None:
+        raise Unreachable(f"{path} is on no mounted file system")
+    return best
+
+
+def udev_properties(sysroot: Path, major: int, minor: int) -> dict[str, str]:
+    """udev's record of a block device (/run/udev/data/bMAJ:MIN): its E: lines."""
+    try:
+        text = (sysroot / f"run/udev/data/b{major}:{minor}").read_text()
+    except OSError:
+        return {}
+    return dict(line[2:].split("=", 1) for line in text.splitlines() if line.startswith("E:"))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _block_dir(sysroot: Path, mount: Mount) -> Path:
+    """/sys/class/block/NAME of the mount's device. btrfs reports an anonymous device
+    number (0:N), so its source's name is looked up instead."""
+    if mount.major:
+        link = sysroot / f"sys/dev/block/{mount.major}:{mount.minor}"
+        if link.exists():
+            return link.resolve()
+    name = Path(mount.source).name
+    block = sysroot / "sys/class/block" / name
+    if block.exists():
+        return block.resolve()
+    for dm in sorted((sysroot / "sys/class/block").glob("dm-*")):
+        if _read(dm / "dm/name") == name:
+            return dm.resolve()
+    raise Unreachable(f"{mount.source} ({mount.fstype} on {mount.point}) is not a block device")
+
+
+_VIRTUAL_KINDS = {
+    "loop": "a loop device (a file on another file system)",
+    "md": "software RAID (md)",
+    "nbd": "a network block device",
+    "rbd": "a Ceph network block device",
+    "drbd": "a DRBD replicated device",
+    "zram": "a compressed RAM disk",
+}
+_DM_KINDS = {"CRYPT": "encrypted (dm-crypt/LUKS)", "mpath": "multipath", "part": "a partition"}
+
+
+def _chain(sysroot: Path, block: Path, found: dict[str, set[str]]) -> None:
+    """Walk from a block device down to the disks: drivers on the way, LVM groups."""
+    name = block.name
+    found["devices"].add(name)
+    if (block / "dm").is_dir():
+        uuid = _read(block / "dm/uuid")
+        if not uuid.startswith("LVM-"):
+            kind = _DM_KINDS.get(uuid.split("-", 1)[0], "a device-mapper device (not LVM)")
+            raise Unreachable(f"{name} ({_read(block / 'dm/name')}) is {kind}")
+        dev = _read(block / "dev").split(":")
+        vg = udev_properties(sysroot, int(dev[0]), int(dev[1])).get("DM_VG_NAME", "")
+        if not vg:
+            raise Unreachable(f"udev has no volume group name for {name}")
+        found["volume_groups"].add(vg)
+        found["modules"].add("dm_mod")
+        # The LV's targets (thin, raid, cache, ...) are loaded now, as it is in use.
+        for module in (sysroot / "sys/module").glob("dm_*"):
+            found["modules"].add(module.name)
+        for slave in sorted((block / "slaves").iterdir()):
+            _chain(sysroot, slave.resolve(), found)
+        return
+    disk = block.parent if (block / "partition").exists() else block
+    if "/devices/virtual/" in str(disk):
+        kind = next((v for k, v in _VIRTUAL_KINDS.items() if disk.name.startswith(k)), "")
+        raise Unreachable(f"{disk.name} is {kind or 'a virtual block device'}")
+    for ancestor in [disk, *disk.parents]:
+        if ancestor == sysroot / "sys/devices":
+            break
+        if re.fullmatch(r"session\d+", ancestor.name):
+            raise Unreachable(f"{disk.name} is an iSCSI disk (it needs the network)")
+        module = ancestor / "driver/module"
+        if module.exists():
+            found["modules"].add(module.resolve().name)
+
+
+def _fstab_unmounted(sysroot: Path, dump_path: Path, mounts: list[Mount]) -> list[str]:
+    try:
+        fstab = (sysroot / "etc/fstab").read_text()
+    except OSError:
+        return []
+    return capture.mounts_needed(dump_path, fstab, {m.point for m in mounts})
+
+
+def find_target(sysroot: Path, dump_path: Path) -> Target:
+    """Where the dump goes, as the capture initramfs can find it; Unreachable if it cannot."""
+    real = Path(os.path.realpath(sysroot / dump_path.relative_to("/")))
+    inside = Path("/") / real.relative_to(sysroot.resolve())
+    mounts = parse_mountinfo((sysroot / "proc/self/mountinfo").read_text())
+    if missing := _fstab_unmounted(sysroot, inside, mounts):
+        raise Unreachable(f"{missing[0]} (in /etc/fstab, holding {dump_path}) is not mounted now")
+    mount = mount_of(inside, mounts)
+    where = f"{dump_path} is on {mount.source} ({mount.fstype}, mounted on {mount.point})"
+    if mount.fstype in NETWORK_FILESYSTEMS:
+        raise Unreachable(f"{where}: a network file system")
+    if mount.fstype not in FILESYSTEMS:
+        raise Unreachable(f"{where}: not one of {', '.join(FILESYSTEMS)}")
+    block = _block_dir(sysroot, mount)
+    major, minor = (int(n) for n in _read(block / "dev").split(":"))
+    uuid = udev_properties(sysroot, major, minor).get("ID_FS_UUID", "")
+    if not uuid:
+        raise Unreachable(f"{where}: udev has no file system UUID for {block.name}")
+    found: dict[str, set[str]] = {"modules": set(), "volume_groups": set(), "devices": set()}
+    try:
+        _chain(sysroot, block, found)
+    except Unreachable as e:
+        raise Unreachable(f"{where}: {e}") from None
+    below = inside.relative_to(mount.point)
+    subdir = (Path(mount.root.lstrip("/")) / below).as_posix().strip(".").strip("/")
+    return Target(
+        uuid=uuid,
+        fstype=mount.fstype,
+        options=MOUNT_OPTIONS.get(mount.fstype, ""),
+        subdir=subdir,
+        volume_groups=tuple(sorted(found["volume_groups"])),
+        devices=tuple(sorted(found["devices"])),
+        modules=frozenset(found["modules"] | {mount.fstype}),
+    )
+
+
+def module_name(path: str) -> str:
+    """kernel/drivers/md/dm-mod.ko.xz -> dm_mod (as modprobe normalises names)."""
+    return Path(path).name.split(".ko", 1)[0].replace("-", "_")
+
+
+@dataclass
+class ModuleIndex:
+    """One kernel version's modules.dep, modules.softdep, modules.alias, modules.builtin."""
+
+    directory: Path
+    deps: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # name: file, deps
+    aliases: dict[str, list[str]] = field(default_factory=dict)
+    softdeps: dict[str, list[str]] = field(default_factory=dict)  # pre: only
+    builtin: set[str] = field(default_factory=set)
+
+    @classmethod
+    def read(cls, directory: Path) -> ModuleIndex:
+        index = cls(directory)
+        try:
+            dep = (directory / "modules.dep").read_text()
+        except OSError as e:
+            raise Unreachable(f"cannot read {directory / 'modules.dep'}: {e.strerror}") from None
+        for line in dep.splitlines():
+            path, _, deps = line.partition(":")
+            index.deps[module_name(path)] = (path, deps.split())
+        for line in _read(directory / "modules.alias").splitlines():
+            words = line.split()
+            if len(words) == 3 and words[0] == "alias" and "*" not in words[1]:
+                index.aliases.setdefault(words[1], []).append(words[2].replace("-", "_"))
+        for line in _read(directory / "modules.softdep").splitlines():
+            words = line.split()
+            if len(words) >= 3 and words[0] == "softdep":
+                pre = words[2 : words.index("post:") if "post:" in words else None]
+                index.softdeps[words[1].replace("-", "_")] = [w for w in pre if w != "pre:"]
+        index.builtin = {module_name(p) for p in _read(directory / "modules.builtin").split()}
+        return index
+
+    def resolve(self, name: str) -> list[str]:
+        """Module names for a name or an alias ("crypto-crc32c" -> its implementations)."""
+        name = name.replace("-", "_")
+        if name in self.deps or name in self.builtin:
+            return [name]
+        return [m for m in self.aliases.get(name, self.aliases.get(name.replace("_", "-"), []))]
+
+    def load_order(self, names: set[str]) -> list[str]:
+        """Module files (relative to the directory) to load, dependencies first."""
+        order: list[str] = []
+        seen: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in seen or name not in self.deps:
+                return
+            seen.add(name)
+            for soft in self.softdeps.get(name, []):
+                for m in self.resolve(soft):
+                    visit(m)
+            path, deps = self.deps[name]
+            for dep in reversed(deps):
+                visit(module_name(dep))
+            order.append(path)
+
+        for name in sorted(names):
+            resolved = self.resolve(name)
+            if not resolved:
+                raise Unreachable(f"kernel {self.directory.name} has no module {name}")
+            for m in resolved:
+                visit(m)
+        return order
+
+
+def which(sysroot: Path, program: str) -> str:
+    for d in SBIN_DIRS:
+        if (sysroot / d.lstrip("/") / program).is_file():
+            return f"{d}/{program}"
+    raise Unreachable(f"{program} is not installed")
+
+
+class Contents:
+    """The archive's entries, taken from the sysroot with the symlinks on their way."""
+
+    def __init__(self, sysroot: Path) -> None:
+        self.sysroot = sysroot
+        self.entries: dict[str, cpio.Entry] = {}
+        self._library_dirs = elf.library_dirs(sysroot)
+
+    def _directories(self, path: str) -> None:
+        parts = path.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            self.entries.setdefault("/".join(parts[:i]), cpio.directory())
+
+    def put(self, path: str, entry: cpio.Entry) -> None:
+        path = path.lstrip("/")
+        self._directories(path)
+        self.entries[path] = entry
+
+    def _real(self, path: str) -> str:
+        """Follow symlinks in each component of path, adding them; the final path."""
+        parts = [p for p in path.split("/") if p]
+        done: list[str] = []
+        links = 0
+        while parts:
+            done.append(parts.pop(0))
+            here = "/".join(done)
+            host = self.sysroot / here
+            if not host.is_symlink():
+                continue
+            links += 1
+            if links > 40:  # as the kernel's ELOOP
+                raise Unreachable(f"too many symlinks on the way to {path}")
+            target = os.readlink(host)
+            self.put(here, cpio.symlink(target))
+            base = [] if target.startswith("/") else done[:-1]
+            parts = [p for p in (base + target.split("/")) if p and p != "."] + parts
+            done = []
+            while ".." in parts:  # a/b/../c
+                i = parts.index("..")
+                parts = parts[: max(i - 1, 0)] + parts[i + 1 :]
+        return "/" + "/".join(done)
+
+    def file(self, path: str, data: bytes | None = None) -> bytes:
+        """Add a file as it is on the sysroot, at the end of the symlinks on its way (the
+        kernel unpacks in path order: a file put behind a symlink such as lib -> usr/lib
+        could come before its directory). data: contents to put there instead."""
+        real = self._real(path)
+        host = self.sysroot / real.lstrip("/")
+        try:
+            content = host.read_bytes() if data is None else data
+            perm = host.stat().st_mode & 0o7777 if data is None else 0o644
+        except OSError as e:
+            raise Unreachable(f"cannot read {real}: {e.strerror}") from None
+        self.put(real, cpio.regular(content, perm))
+        return content
+
+    def program(self, path: str) -> None:
+        """Add an ELF program or library with its interpreter and libraries."""
+        if path.lstrip("/") in self.entries:
+            return
+        data = self.file(path)
+        try:
+            info = elf.dynamic(data)
+        except elf.ElfError as e:
+            raise Unreachable(f"{path}: {e}") from None
+        if info is None:
+            return
+        if info.interpreter:
+            self.program(info.interpreter)
+        origin = str(Path(path).parent)
+        dirs = [d.replace("$ORIGIN", origin) for d in info.search] + list(self._library_dirs)
+        for lib in info.needed:
+            found = next((d for d in dirs if (self.sysroot / d.lstrip("/") / lib).exists()), None)
+            if found is None:
+                raise Unreachable(f"{path} needs {lib}, which is not installed")
+            self.program(f"{found}/{lib}")
+
+
+def pyc(source: bytes, path: str) -> bytes:
+    """A sourceless .pyc (PEP 552, unchecked): Python imports it from beside where the
+    source would be. Docstrings and asserts are left out (-OO): nothing at capture reads
+    them."""
+    code = compile(source, path, "exec", dont_inherit=True, optimize=2)
+    return importlib.util.MAGIC_NUMBER + b"\0" * 12 + marshal.dumps(code)
+
+
+# What `kdumpd.init` imports, printed by a Python started as the archive's /init starts it.
+# The package may sit among other site packages: systemd-python is not for the archive
+# (kdumpd.journal does without it, on the console).
+_IMPORTS = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+sys.modules["systemd"] = None
+import kdumpd.init
+print(json.dumps(sorted({f for m in list(sys.modules.values())
+                         if (f := getattr(m, "__file__", None))})))
+"""
+_imports_cache: dict[tuple[str, str], list[str]] = {}
+
+
+def python_files(python: str, package_parent: str) -> list[str]:
+    key = (python, package_parent)
+    if key not in _imports_cache:
+        out = subprocess.run(
+            [python, "-I", "-S", "-c", _IMPORTS, package_parent],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if out.returncode != 0:
+            raise Unreachable(f"{python} cannot import kdumpd.init: {out.stderr.strip()[-300:]}")
+        _imports_cache[key] = json.loads(out.stdout)
+    return _imports_cache[key]
+
+
+def _python(contents: Contents, python: str, package_parent: str) -> None:
+    contents.program(python)
+    for path in python_files(python, package_parent):
+        if path.endswith(".py"):
+            inside = path
+            if path.startswith(package_parent + "/"):
+                inside = f"/{PACKAGE_DIR}/{path[len(package_parent) + 1 :]}"
+            source = (contents.sysroot / path.lstrip("/")).read_bytes()
+            contents.put(inside + "c", cpio.regular(pyc(source, inside)))
+        else:  # an extension module
+            contents.program(path)
+    init = f"#!{python} -IS\nimport sys\nsys.path.insert(0, '/{PACKAGE_DIR}')\n"
+    init += "from kdumpd import init\ninit.main()\n"
+    contents.put("init", cpio.regular(init.encode(), 0o755))
+
+
+def _modules(contents: Contents, version: str, names: frozenset[str]) -> list[str]:
+    directory = f"/lib/modules/{version}"
+    index = ModuleIndex.read(contents.sysroot / directory.lstrip("/"))
+    placed = []
+    for relative in index.load_order(set(names)):
+        path = f"{directory}/{relative}"
+        if path.endswith(".xz"):  # finit_module takes xz only from 6.4 on; unpack it here
+            data = (contents.sysroot / path.lstrip("/")).read_bytes()
+            path = path[:-3]
+            contents.file(path, lzma.decompress(data))
+        else:
+            contents.file(path)
+        placed.append(path)
+    return placed
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The archive's entries and what /init will do."""
+
+    target: Target
+    entries: dict[str, cpio.Entry]
+
+    @functools.cached_property
+    def archive(self) -> bytes:
+        return cpio.archive(self.entries)
+
+    @functools.cached_property
+    def file_name(self) -> str:
+        """The image's file name: a hash of the archive, so the same content is one file."""
+        return f"{IMAGE_PREFIX}{hashlib.sha256(self.archive).hexdigest()[:16]}.img"
+
+
+def plan(
+    cfg: config.Config,
+    version: str,
+    sysroot: Path = Path("/"),
+    python: str = "",
+    package_parent: str = "",
+) -> Plan:
+    """What the capture initramfs for kernel `version` holds, or Unreachable."""
+    python = python or os.path.realpath(sys.executable)
+    package_parent = package_parent or str(Path(__file__).resolve().parent.parent)
+    target = find_target(sysroot, cfg.dump_path)
+    contents = Contents(sysroot)
+    for directory in ("dev", "proc", "sys", "run", "tmp", TARGET_DIR.lstrip("/")):
+        contents.put(directory, cpio.directory())
+    contents.put("dev/console", cpio.char_device(5, 1))
+    _python(contents, python, package_parent)
+    programs = {p: which(sysroot, p) for p in ("makedumpfile", "blkid")}
+    if target.volume_groups:
+        programs["lvm"] = which(sysroot, "lvm")
+    if cfg.failure_action == "shell":
+        programs["sh"] = which(sysroot, "sh")
+    for path in programs.values():
+        contents.program(path)
+    modules = _modules(contents, version, target.modules)
+    settings = {
+        "target": {
+            "uuid": target.uuid,
+            "fstype": target.fstype,
+            "options": target.options,
+            "subdir": target.subdir,
+            "volume_groups": list(target.volume_groups),
+        },
+        "modules": modules,
+        "programs": programs,
+        "capture": {k: _jsonable(getattr(cfg, k)) for k in CAPTURE_KEYS},
+    }
+    contents.put(SETTINGS, cpio.regular(json.dumps(settings, indent=1, sort_keys=True).encode()))
+    return Plan(target, contents.entries)
+
+
+def _jsonable(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True)
+class Image:
+    path: Path
+    size: int  # compressed, as loaded
+    unpacked: int  # the archive, as it sits in the crash kernel's memory
+    seconds: float  # spent building it; 0 when it came from the cache
+
+
+def find(p: Plan, cache: Path = CACHE_DIR) -> Image | None:
+    """The image of this very content, if it was built before."""
+    path = cache / p.file_name
+    return Image(path, path.stat().st_size, len(p.archive), 0.0) if path.exists() else None
+
+
+def build(p: Plan, cache: Path = CACHE_DIR) -> Image:
+    """Compress the archive into the cache; older images are removed."""
+    started = time.monotonic()
+    data = p.archive
+    path = cache / p.file_name
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: gzip framing
+    packed = compressor.compress(data) + compressor.flush()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(packed)
+    tmp.rename(path)
+    for old in cache.glob(f"{IMAGE_PREFIX}*"):
+        if old != path:  # a loaded crash kernel has its own copy (loader.snapshot)
+            old.unlink(missing_ok=True)
+    return Image(path, len(packed), len(data), time.monotonic() - started)
