@@ -208,8 +208,7 @@ def _fstab_unmounted(sysroot: Path, dump_path: Path, mounts: list[Mount]) -> lis
 
 def find_target(sysroot: Path, dump_path: Path) -> Target:
     """Where the dump goes, as the capture initramfs can find it; Unreachable if it cannot."""
-    real = Path(os.path.realpath(sysroot / dump_path.relative_to("/")))
-    inside = Path("/") / real.relative_to(sysroot.resolve())
+    inside = Path(resolve(sysroot, str(dump_path))[0])
     mounts = parse_mountinfo((sysroot / "proc/self/mountinfo").read_text())
     if missing := _fstab_unmounted(sysroot, inside, mounts):
         raise Unreachable(f"{missing[0]} (in /etc/fstab, holding {dump_path}) is not mounted now")
@@ -220,15 +219,15 @@ def find_target(sysroot: Path, dump_path: Path) -> Target:
     if mount.fstype not in FILESYSTEMS:
         raise Unreachable(f"{where}: not one of {', '.join(FILESYSTEMS)}")
     block = _block_dir(sysroot, mount)
-    major, minor = (int(n) for n in _read(block / "dev").split(":"))
-    uuid = udev_properties(sysroot, major, minor).get("ID_FS_UUID", "")
-    if not uuid:
-        raise Unreachable(f"{where}: udev has no file system UUID for {block.name}")
     found: dict[str, set[str]] = {"modules": set(), "volume_groups": set(), "devices": set()}
     try:
         _chain(sysroot, block, found)
     except Unreachable as e:
         raise Unreachable(f"{where}: {e}") from None
+    major, minor = (int(n) for n in _read(block / "dev").split(":"))
+    uuid = udev_properties(sysroot, major, minor).get("ID_FS_UUID", "")
+    if not uuid:
+        raise Unreachable(f"{where}: udev has no file system UUID for {block.name}")
     below = inside.relative_to(mount.point)
     subdir = (Path(mount.root.lstrip("/")) / below).as_posix().strip(".").strip("/")
     return Target(
@@ -319,6 +318,31 @@ def which(sysroot: Path, program: str) -> str:
     raise Unreachable(f"{program} is not installed")
 
 
+def resolve(sysroot: Path, path: str) -> tuple[str, list[tuple[str, str]]]:
+    """Follow the symlinks in each component of an absolute path as if sysroot were /:
+    the final path, and the symlinks met on the way (path, target)."""
+    parts = [p for p in path.split("/") if p]
+    done: list[str] = []
+    links: list[tuple[str, str]] = []
+    while parts:
+        done.append(parts.pop(0))
+        here = "/".join(done)
+        host = sysroot / here
+        if not host.is_symlink():
+            continue
+        if len(links) >= 40:  # as the kernel's ELOOP
+            raise Unreachable(f"too many symlinks on the way to {path}")
+        target = os.readlink(host)
+        links.append((here, target))
+        base = [] if target.startswith("/") else done[:-1]
+        parts = [p for p in (base + target.split("/")) if p and p != "."] + parts
+        done = []
+        while ".." in parts:  # a/b/../c
+            i = parts.index("..")
+            parts = parts[: max(i - 1, 0)] + parts[i + 1 :]
+    return "/" + "/".join(done), links
+
+
 class Contents:
     """The archive's entries, taken from the sysroot with the symlinks on their way."""
 
@@ -338,28 +362,11 @@ class Contents:
         self.entries[path] = entry
 
     def _real(self, path: str) -> str:
-        """Follow symlinks in each component of path, adding them; the final path."""
-        parts = [p for p in path.split("/") if p]
-        done: list[str] = []
-        links = 0
-        while parts:
-            done.append(parts.pop(0))
-            here = "/".join(done)
-            host = self.sysroot / here
-            if not host.is_symlink():
-                continue
-            links += 1
-            if links > 40:  # as the kernel's ELOOP
-                raise Unreachable(f"too many symlinks on the way to {path}")
-            target = os.readlink(host)
-            self.put(here, cpio.symlink(target))
-            base = [] if target.startswith("/") else done[:-1]
-            parts = [p for p in (base + target.split("/")) if p and p != "."] + parts
-            done = []
-            while ".." in parts:  # a/b/../c
-                i = parts.index("..")
-                parts = parts[: max(i - 1, 0)] + parts[i + 1 :]
-        return "/" + "/".join(done)
+        """Path with the symlinks on its way followed; each of them is added."""
+        real, links = resolve(self.sysroot, path)
+        for link, target in links:
+            self.put(link, cpio.symlink(target))
+        return real
 
     def file(self, path: str, data: bytes | None = None) -> bytes:
         """Add a file as it is on the sysroot, at the end of the symlinks on its way (the

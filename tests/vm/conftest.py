@@ -49,6 +49,12 @@ def vm_image() -> ImagePaths:
     return ensure_image()
 
 
+@pytest.fixture(scope="session")
+def stock_image() -> ImagePaths:
+    """The image with Debian's default initramfs (MODULES=most), as users have it."""
+    return ensure_image(stock=True)
+
+
 def _factory(
     default_image: ImagePaths, node: pytest.Item | pytest.Collector, workdir: Path, prefix: str
 ) -> tuple[GuestFactory, list[Guest]]:

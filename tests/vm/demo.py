@@ -10,8 +10,14 @@ from pathlib import Path
 
 from tests.vm.guest import BootOptions, Guest
 from tests.vm.image import ensure_image
-from tests.vm.kdumpd_guest import BUSCTL, OBJ, build_deb, wait_state
-from tests.vm.test_capture import crash_and_come_back
+from tests.vm.kdumpd_guest import (
+    BUSCTL,
+    OBJ,
+    build_deb,
+    crash_and_come_back,
+    wait_armed,
+    wait_state,
+)
 
 
 def show(guest: Guest, command: str) -> None:
@@ -30,7 +36,7 @@ def main() -> int:
         g.wait_booted()
         print(f"guest up; installing {deb.name}", flush=True)
         g.install_deb(deb)
-        wait_state(g)
+        wait_armed(g)
         show(g, "systemctl is-active kdumpd")
         show(g, f"{BUSCTL} get-property {OBJ} State")
         show(g, f"{BUSCTL} call {OBJ} GetStatus")

@@ -49,6 +49,7 @@ PACKAGES: tuple[str, ...] = (
     "e2fsprogs",
     "util-linux",
     "zstd",
+    "lvm2",
 )
 # Units that only cost boot time under TCG (or write to the disk behind the tests' back).
 MASKED_UNITS: tuple[str, ...] = (
@@ -84,10 +85,10 @@ class ImageBuildError(RuntimeError):
     pass
 
 
-def image_key() -> str:
+def image_key(stock: bool = False) -> str:
     h = hashlib.sha256()
     h.update(Path(__file__).read_bytes())
-    h.update("\0".join((SUITE, DISK_SIZE, *PACKAGES)).encode())
+    h.update("\0".join((SUITE, DISK_SIZE, *PACKAGES, "stock" if stock else "")).encode())
     return h.hexdigest()[:16]
 
 
@@ -170,7 +171,7 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _configure_rootfs(root: Path) -> None:
+def _configure_rootfs(root: Path, stock: bool) -> None:
     etc = root / "etc"
     (etc / "fstab").write_text("/dev/vda / ext4 rw,errors=remount-ro 0 1\n")
     (etc / "hostname").write_text(HOSTNAME + "\n")
@@ -180,7 +181,8 @@ def _configure_rootfs(root: Path) -> None:
     for extra in (etc / "apt" / "sources.list.d").glob("*"):
         extra.unlink()
     # A fixed machine-id avoids systemd's first-boot path (preset-all, id commit) on every boot.
-    (etc / "machine-id").write_text(hashlib.sha256(image_key().encode()).hexdigest()[:32] + "\n")
+    machine_id = hashlib.sha256(image_key(stock).encode()).hexdigest()[:32]
+    (etc / "machine-id").write_text(machine_id + "\n")
     _run(
         ["chroot", root, "useradd", "-m", "-u", str(TEST_UID), "-U", "-s", "/bin/sh", TEST_USER],
         "useradd",
@@ -188,10 +190,12 @@ def _configure_rootfs(root: Path) -> None:
     # Debian's MODULES=most copies thousands of modules: an initramfs rebuild inside the guest
     # (a kernel install, update-initramfs -u) then takes over 15 minutes under TCG. A fixed list
     # of what this virtual machine boots from is as small and fast as MODULES=dep, and unlike
-    # dep it also works in the chroot here.
-    (etc / "initramfs-tools" / "conf.d" / "kdumpd-tests").write_text("MODULES=list\n")
-    (etc / "initramfs-tools" / "modules").write_text("\n".join(INITRAMFS_MODULES) + "\n")
-    _run(["chroot", root, "update-initramfs", "-u", "-k", "all"], "update-initramfs")
+    # dep it also works in the chroot here. The stock image keeps Debian's default (what
+    # users have: memory is measured on it), and no test installs a kernel in it.
+    if not stock:
+        (etc / "initramfs-tools" / "conf.d" / "kdumpd-tests").write_text("MODULES=list\n")
+        (etc / "initramfs-tools" / "modules").write_text("\n".join(INITRAMFS_MODULES) + "\n")
+        _run(["chroot", root, "update-initramfs", "-u", "-k", "all"], "update-initramfs")
     unit_dir = etc / "systemd" / "system"
     for unit in MASKED_UNITS:
         link = unit_dir / unit
@@ -220,7 +224,7 @@ def _configure_rootfs(root: Path) -> None:
     (root / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
 
 
-def _build(out: Path) -> None:
+def _build(out: Path, stock: bool) -> None:
     root = out / "rootfs"
     mirror = debian_mirror()
     env_proxy = os.environ.get("http_proxy") or os.environ.get("HTTP_PROXY")
@@ -244,7 +248,7 @@ def _build(out: Path) -> None:
             raise ImageBuildError(f"{exc}\n--- debootstrap.log ---\n{tail}") from None
         raise
     _log(f"debootstrap done in {time.monotonic() - t0:.0f}s")
-    _configure_rootfs(root)
+    _configure_rootfs(root, stock)
     kernels = sorted((root / "boot").glob("vmlinuz-*"))
     initrds = sorted((root / "boot").glob("initrd.img-*"))
     if len(kernels) != 1 or len(initrds) != 1:
@@ -285,13 +289,13 @@ def _remove_stale_builds(held_key: str) -> None:
             _remove_tree(stale)
 
 
-def _prune_old_images(current: str) -> None:
+def _prune_old_images(current: set[str]) -> None:
     """Drop images of other recipes (~750 MB each) that no process is using.
 
     Users hold a shared lock on their image's lock file (see ``_hold``), so the exclusive
     non-blocking lock taken here fails for any image a test session still needs."""
     for old in CACHE_ROOT.iterdir():
-        if old.name == current or not re.fullmatch(r"[0-9a-f]{16}", old.name):
+        if old.name in current or not re.fullmatch(r"[0-9a-f]{16}", old.name):
             continue
         with (CACHE_ROOT / f".{old.name}.lock").open("a") as fh:
             try:
@@ -319,11 +323,12 @@ def _hold(key: str) -> bool:
     return True
 
 
-def ensure_image() -> ImagePaths:
+def ensure_image(stock: bool = False) -> ImagePaths:
     """Return the cached image for the current recipe, building it first if needed.
+    stock: the initramfs as Debian configures it (MODULES=most), not cut down for speed.
 
     The image stays locked (shared) for the life of this process."""
-    key = image_key()
+    key = image_key(stock)
     final = CACHE_ROOT / key
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
     while not _hold(key):
@@ -334,19 +339,20 @@ def ensure_image() -> ImagePaths:
             tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=CACHE_ROOT))
             t0 = time.monotonic()
             try:
-                _build(tmp)
+                _build(tmp, stock)
                 tmp.chmod(0o755)  # mkdtemp made it 0700
                 os.rename(tmp, final)  # atomic: the key dir is either complete or absent
             except BaseException:
                 _remove_tree(tmp)
                 raise
             _log(f"image {key} built in {time.monotonic() - t0:.0f}s")
-    _prune_old_images(key)
+    _prune_old_images({image_key(False), image_key(True)})
     return _paths(final)
 
 
 def main() -> int:
     try:
+        ensure_image(stock=True)
         paths = ensure_image()
     except ImageBuildError as exc:
         print(f"image build failed: {exc}", file=sys.stderr)

@@ -63,6 +63,20 @@ def wait_state(
     raise TimeoutError(f"daemon state after {timeout} s: {last}")
 
 
+def wait_armed(guest: Guest, mode: str = "initramfs", timeout: float = 180.0) -> dict[str, Any]:
+    """Wait until the crash kernel is loaded in capture mode `mode`. After the package is
+    installed the machine's own boot is armed first and kdumpd's capture initramfs a few
+    seconds later, once built (a second load that tests counting loads must not see)."""
+    deadline = time.monotonic() + timeout
+    answer: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        answer = wait_state(guest, timeout)
+        if answer["State"] == "loaded" and answer["CaptureMode"] == mode:
+            return answer
+        time.sleep(0.5)
+    raise TimeoutError(f"not loaded in capture mode {mode} after {timeout} s: {answer}")
+
+
 def crash_loaded(guest: Guest) -> str:
     return guest.run("cat /sys/kernel/kexec_crash_loaded").stdout.strip()
 
@@ -139,3 +153,24 @@ def wait_for(g: Guest, predicate_desc: str, check: object, timeout: float = 120.
             return time.monotonic() - t0
         time.sleep(0.2)
     raise TimeoutError(f"{predicate_desc}: {status(g)}")
+
+
+def crash_and_come_back(g: Guest, outcome: str) -> dict[str, float]:
+    """Crash, wait for the capture's outcome on the console and for the next boot."""
+    timings: dict[str, float] = {}
+    # What the test just wrote (fstab, config) may still be only in the page cache: ext4
+    # writes delayed data back after 30 s, and the crash kernel reads the disk.
+    g.run("sync")
+    t0 = time.monotonic()
+    offset = g.crash()
+    g.wait_console(r"Kernel panic - not syncing: sysrq triggered crash", 120, offset)
+    g.wait_console(r"Command line: .*elfcorehdr=", 300, offset)
+    timings["panic_to_crash_kernel_s"] = time.monotonic() - t0
+    done = g.wait_console(rf"kdumpd: {outcome}; reboot", 600, offset)
+    timings["panic_to_dump_saved_s"] = time.monotonic() - t0
+    # the machine reboots into the normal kernel: its command line has no elfcorehdr=
+    g.wait_console(r"Command line: (?!.*elfcorehdr=).*crashkernel=.*\n", 300, offset + done.end())
+    g.wait_booted()
+    timings["panic_to_multi_user_s"] = time.monotonic() - t0
+    print(f"\ncapture timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+    return timings

@@ -5,40 +5,25 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
-from tests.vm.guest import Guest, GuestFactory
-from tests.vm.kdumpd_guest import BUSCTL, OBJ, journal, wait_state
+from tests.vm.guest import GuestFactory
+from tests.vm.kdumpd_guest import (
+    BUSCTL,
+    OBJ,
+    crash_and_come_back,
+    journal,
+    wait_armed,
+    wait_state,
+)
 
 MSG_DUMP_SAVED = "9ee3014d253246aeaf477c6f3b7f0088"
-
-
-def crash_and_come_back(g: Guest, outcome: str) -> dict[str, float]:
-    """Crash, wait for the capture's outcome on the console and for the next boot."""
-    timings: dict[str, float] = {}
-    # What the test just wrote (fstab, config) may still be only in the page cache: ext4
-    # writes delayed data back after 30 s, and the crash kernel reads the disk.
-    g.run("sync")
-    t0 = time.monotonic()
-    offset = g.crash()
-    g.wait_console(r"Kernel panic - not syncing: sysrq triggered crash", 120, offset)
-    g.wait_console(r"Command line: .*elfcorehdr=", 300, offset)
-    timings["panic_to_crash_kernel_s"] = time.monotonic() - t0
-    done = g.wait_console(rf"kdumpd: {outcome}; reboot", 600, offset)
-    timings["panic_to_dump_saved_s"] = time.monotonic() - t0
-    # the machine reboots into the normal kernel: its command line has no elfcorehdr=
-    g.wait_console(r"Command line: (?!.*elfcorehdr=).*crashkernel=.*\n", 300, offset + done.end())
-    g.wait_booted()
-    timings["panic_to_multi_user_s"] = time.monotonic() - t0
-    print(f"\ncapture timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
-    return timings
 
 
 def test_crash_capture_and_listing(make_guest: GuestFactory, kdumpd_deb: Path) -> None:
     g = make_guest(append="crashkernel=256M")
     g.install_deb(kdumpd_deb)
-    assert wait_state(g)["State"] == "loaded"
+    wait_armed(g)
     crash_and_come_back(g, "capture complete")
 
     wait_state(g)
@@ -98,7 +83,7 @@ def test_capture_failure_on_a_full_file_system(
     g.install_deb(kdumpd_deb)
     g.run(SMALL_DISK_FSTAB)
     g.run("kdumpd reload")
-    assert wait_state(g)["State"] == "loaded"
+    assert wait_armed(g)["Initrd"].startswith("/var/cache/kdumpd/")
     crash_and_come_back(g, "capture failed")
 
     wait_state(g)

@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from tests.vm.guest import Guest, GuestFactory
-from tests.vm.kdumpd_guest import BUSCTL, OBJ, crash_loaded, journal, prop, status, wait_state
+from tests.vm.kdumpd_guest import (
+    BUSCTL,
+    OBJ,
+    crash_loaded,
+    journal,
+    prop,
+    status,
+    wait_armed,
+    wait_state,
+)
 
 MSG_CONFIG_ERROR = "b4d7d164272e4cf19b97a4ff0c91fe60"
 MSG_LOADED = "e2e8053d528f4011ad724cf17d624f64"
@@ -19,6 +28,7 @@ MSG_LOADED = "e2e8053d528f4011ad724cf17d624f64"
 def loaded_guest(make_guest_module: GuestFactory, kdumpd_deb: Path) -> Iterator[Guest]:
     guest = make_guest_module(append="crashkernel=256M")
     guest.install_deb(kdumpd_deb)
+    wait_armed(guest)
     yield guest
 
 

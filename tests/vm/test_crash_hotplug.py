@@ -16,8 +16,8 @@ from tests.vm.kdumpd_guest import (
     daemon_messages_since,
     no_more_loads,
     status,
+    wait_armed,
     wait_for,
-    wait_state,
 )
 
 
@@ -27,7 +27,7 @@ def test_cpu_hotplug_is_left_to_a_kernel_that_handles_it(
     g = make_guest(append="crashkernel=256M", cpus=2, image=crash_hotplug_image)
     assert g.run("uname -r").stdout.startswith("6.12.")
     g.install_deb(kdumpd_deb)
-    assert wait_state(g)["State"] == "loaded"
+    wait_armed(g)
     # 1 only once a crash image that supports it is loaded: kexec_file_load's do.
     assert g.run("cat /sys/devices/system/cpu/crash_hotplug").stdout.strip() == "1"
     before = status(g)["LastLoadUsec"]

@@ -21,6 +21,7 @@ from tests.vm.kdumpd_guest import (
     prop,
     reload_reasons_since,
     status,
+    wait_armed,
     wait_for,
     wait_state,
 )
@@ -30,7 +31,7 @@ from tests.vm.kdumpd_guest import (
 def guest(make_guest_module: GuestFactory, kdumpd_deb: Path) -> Iterator[Guest]:
     g = make_guest_module(append="crashkernel=256M", cpus=2)
     g.install_deb(kdumpd_deb)
-    assert wait_state(g)["State"] == "loaded"
+    wait_armed(g)
     yield g
 
 
@@ -55,9 +56,13 @@ def test_kernel_install_and_removal(guest: Guest, second_kernel_deb: Path) -> No
     print(f"\nnew kernel loaded {took:.1f} s after apt-get finished")
     assert took <= 10.0
     s = status(g)
-    assert s["LastLoadUsec"] > before and s["Initrd"] == f"/boot/initrd.img-{new}"
+    assert s["LastLoadUsec"] > before and s["CaptureMode"] == "initramfs"
+    assert s["Initrd"].startswith("/var/cache/kdumpd/initramfs-")
     assert crash_loaded(g) == "1"
     no_more_loads(g, mark, expected=1)
+    # the capture initramfs was rebuilt for the new kernel (its modules) before that load
+    built = [m for m in daemon_messages_since(g, mark) if "capture initramfs built" in m]
+    assert len(built) == 1, built
     assert internal_errors_since(g, mark) == []  # dpkg's half-unpacked files are no surprise
     reasons = reload_reasons_since(g, mark)
     print("the reload said why:", reasons)
@@ -93,10 +98,15 @@ def test_initramfs_rebuild_reloads_once(guest: Guest) -> None:
 
 
 def test_garbage_initrd_keeps_the_last_good_crash_kernel(guest: Guest) -> None:
+    """The machine's own initrd, as capture mode "system" boots it (an initrd named in the
+    config is always booted as it is)."""
     g = guest
     initrd = f"/boot/initrd.img-{g.run('uname -r').stdout.strip()}"
+    g.write_file("/etc/kdumpd/kdumpd.yaml", f"initrd: {initrd}\n".encode())
+    g.run("kdumpd reload")
     g.run(f"cp -p {initrd} /root/initrd.good")
     before = status(g)
+    assert before["CaptureMode"] == "system" and before["Initrd"] == initrd
     try:
         g.run(f"head -c 4M /dev/urandom > {initrd}.new && mv {initrd}.new {initrd}")
         wait_for(g, "the error", lambda s: "is not an initramfs" in s["LastError"])
@@ -107,6 +117,8 @@ def test_garbage_initrd_keeps_the_last_good_crash_kernel(guest: Guest) -> None:
     finally:
         g.run(f"mv /root/initrd.good {initrd}")
     wait_for(g, "recovery", lambda s: s["LastError"] == "" and s["State"] == "loaded")
+    g.write_file("/etc/kdumpd/kdumpd.yaml", b"")
+    wait_for(g, "initramfs again", lambda s: s["CaptureMode"] == "initramfs")
 
 
 def test_refused_kernel_brings_back_the_last_good_one(guest: Guest) -> None:

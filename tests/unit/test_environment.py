@@ -1,0 +1,253 @@
+"""The capture initramfs: ELF dependencies, the cpio archive, module order, and where the
+dump file system is, from fake sysfs, udev and mountinfo trees (the real machine: the VM
+tests in tests/vm/test_capture_initramfs.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kdumpd import config, cpio, elf, environment
+
+PYTHON = os.path.realpath("/usr/bin/python3")
+ROOT_UUID = "c35783c3-a793-4b3a-84c0-eb82205194aa"
+
+
+def test_elf_names_the_loader_and_the_libraries() -> None:
+    info = elf.dynamic(Path(PYTHON).read_bytes())
+    assert info is not None
+    assert info.interpreter == "/lib64/ld-linux-x86-64.so.2"
+    assert {"libc.so.6", "libm.so.6", "libz.so.1"} <= set(info.needed)
+    assert elf.dynamic(b"#!/bin/sh\n") is None
+    with pytest.raises(elf.ElfError):
+        elf.dynamic(b"\x7fELF\x02\x01")
+
+
+def test_library_dirs_follow_ld_so_conf_includes(tmp_path: Path) -> None:
+    (tmp_path / "etc/ld.so.conf.d").mkdir(parents=True)
+    (tmp_path / "etc/ld.so.conf").write_text("include /etc/ld.so.conf.d/*.conf\n")
+    (tmp_path / "etc/ld.so.conf.d/x86_64-linux-gnu.conf").write_text(
+        "# Multiarch support\n/usr/local/lib/x86_64-linux-gnu\n/lib/x86_64-linux-gnu\n"
+    )
+    assert elf.library_dirs(tmp_path)[:2] == (
+        "/usr/local/lib/x86_64-linux-gnu",
+        "/lib/x86_64-linux-gnu",
+    )
+    assert elf.library_dirs(tmp_path)[-1] == "/usr/lib"
+
+
+def _unpack(data: bytes, into: Path) -> None:
+    into.mkdir()
+    subprocess.run(["cpio", "-id", "--quiet"], input=data, cwd=into, check=True)
+
+
+def test_the_archive_unpacks_with_directories_first_and_is_deterministic(tmp_path: Path) -> None:
+    entries = {
+        "usr/bin/tool": cpio.regular(b"#!/bin/sh\necho hi\n", 0o755),
+        "usr": cpio.directory(),
+        "usr/bin": cpio.directory(),
+        "bin": cpio.symlink("usr/bin"),
+        "dev": cpio.directory(),
+    }
+    data = cpio.archive(entries)
+    assert data == cpio.archive(dict(reversed(entries.items())))
+    assert data.startswith(b"070701") and len(data) % 4 == 0
+    _unpack(data, tmp_path / "x")
+    assert (tmp_path / "x/bin/tool").read_text() == "#!/bin/sh\necho hi\n"
+    assert os.readlink(tmp_path / "x/bin") == "usr/bin"
+    assert (tmp_path / "x/usr/bin/tool").stat().st_mode & 0o777 == 0o755
+
+
+def _modules_dir(root: Path) -> Path:
+    d = root / "lib/modules/6.1.0-50-amd64"
+    d.mkdir(parents=True)
+    (d / "modules.dep").write_text(
+        "kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko\n"
+        "kernel/lib/crc16.ko:\nkernel/fs/mbcache.ko:\nkernel/fs/jbd2/jbd2.ko:\n"
+        "kernel/crypto/crc32c_generic.ko:\n"
+        "kernel/drivers/md/dm-mod.ko:\n"
+        "kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko "
+        "kernel/drivers/virtio/virtio.ko\n"
+        "kernel/drivers/virtio/virtio_ring.ko:\nkernel/drivers/virtio/virtio.ko:\n"
+    )
+    (d / "modules.softdep").write_text("# comment\nsoftdep ext4 pre: crypto-crc32c\n")
+    (d / "modules.alias").write_text(
+        "alias crypto-crc32c crc32c_generic\nalias fs-ext3 ext4\nalias pci:v*d* virtio_pci\n"
+    )
+    (d / "modules.builtin").write_text("kernel/drivers/virtio/virtio_pci.ko\n")
+    return d
+
+
+def test_modules_load_dependencies_and_soft_dependencies_first(tmp_path: Path) -> None:
+    index = environment.ModuleIndex.read(_modules_dir(tmp_path))
+    order = index.load_order({"ext4", "virtio_blk", "virtio_pci", "dm-mod"})
+    names = [environment.module_name(p) for p in order]
+    assert names.index("crc32c_generic") < names.index("ext4")
+    for dep in ("crc16", "mbcache", "jbd2"):
+        assert names.index(dep) < names.index("ext4")
+    assert names.index("virtio") < names.index("virtio_blk")
+    assert "virtio_pci" not in names  # built in
+    assert "kernel/drivers/md/dm-mod.ko" in order
+    assert len(order) == len(set(order))
+    assert index.resolve("fs-ext3") == ["ext4"]
+    with pytest.raises(environment.Unreachable, match="has no module nvme"):
+        index.load_order({"nvme"})
+
+
+def _link(at: Path, target: Path) -> None:
+    at.parent.mkdir(parents=True, exist_ok=True)
+    at.symlink_to(os.path.relpath(target, at.parent))
+
+
+def _driver(sysroot: Path, device: Path, module: str) -> None:
+    drv = sysroot / f"sys/bus/x/drivers/{module}"
+    drv.mkdir(parents=True, exist_ok=True)
+    _link(drv / "module", sysroot / f"sys/module/{module}")
+    (sysroot / f"sys/module/{module}").mkdir(parents=True, exist_ok=True)
+    _link(device / "driver", drv)
+
+
+def _block(sysroot: Path, device: Path, name: str, dev: str, udev: str = "") -> Path:
+    device.mkdir(parents=True, exist_ok=True)
+    (device / "dev").write_text(dev + "\n")
+    _link(sysroot / f"sys/class/block/{name}", device)
+    _link(sysroot / f"sys/dev/block/{dev}", device)
+    if udev:
+        data = sysroot / f"run/udev/data/b{dev}"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        data.write_text(udev)
+    return device
+
+
+def machine(tmp_path: Path, mountinfo: str, fstab: str = "") -> Path:
+    """A virtio disk vda with a partition vda1 (the root file system)."""
+    root = tmp_path / "root"
+    pci = root / "sys/devices/pci0000:00/0000:00:04.0"
+    virtio = pci / "virtio1"
+    disk = _block(root, virtio / "block/vda", "vda", "254:0")
+    part = _block(root, disk / "vda1", "vda1", "254:1", f"E:ID_FS_UUID={ROOT_UUID}\n")
+    (part / "partition").write_text("1\n")
+    _driver(root, virtio, "virtio_blk")
+    _driver(root, pci, "virtio_pci")
+    (root / "proc/self").mkdir(parents=True)
+    (root / "proc/self/mountinfo").write_text(mountinfo)
+    (root / "etc").mkdir()
+    (root / "etc/fstab").write_text(fstab)
+    return root
+
+
+ROOT_MOUNT = "22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n"
+
+
+def test_the_root_file_system_on_a_partition(tmp_path: Path) -> None:
+    root = machine(tmp_path, ROOT_MOUNT)
+    t = environment.find_target(root, Path("/var/crash"))
+    assert (t.uuid, t.fstype, t.options, t.subdir) == (ROOT_UUID, "ext4", "", "var/crash")
+    assert t.modules == {"virtio_blk", "virtio_pci", "ext4"}
+    assert t.devices == ("vda1",) and t.volume_groups == ()
+
+
+def test_a_btrfs_subvolume_is_reached_from_the_top_level(tmp_path: Path) -> None:
+    root = machine(tmp_path, "22 1 0:31 /@ / rw - btrfs /dev/vda1 rw,subvol=/@\n")
+    t = environment.find_target(root, Path("/var/crash"))
+    assert (t.fstype, t.options, t.subdir) == ("btrfs", "subvolid=5", "@/var/crash")
+
+
+def test_a_separate_dump_file_system_and_a_symlinked_dump_path(tmp_path: Path) -> None:
+    root = machine(tmp_path, ROOT_MOUNT + "30 22 254:1 / /srv/dumps rw - xfs /dev/vda1 rw\n")
+    (root / "srv/dumps/crash").mkdir(parents=True)
+    (root / "var").mkdir()
+    (root / "var/crash").symlink_to("/srv/dumps/crash")
+    t = environment.find_target(root, Path("/var/crash"))
+    assert (t.fstype, t.subdir) == ("xfs", "crash")
+
+
+def test_lvm_is_followed_to_its_disks(tmp_path: Path) -> None:
+    mount = "22 1 253:0 / /var/crash rw - ext4 /dev/mapper/crashvg-dumps rw\n"
+    root = machine(tmp_path, ROOT_MOUNT + mount)
+    dm = _block(
+        root,
+        root / "sys/devices/virtual/block/dm-0",
+        "dm-0",
+        "253:0",
+        "E:ID_FS_UUID=1111-2222\nE:DM_VG_NAME=crashvg\nE:DM_LV_NAME=dumps\n",
+    )
+    (dm / "dm").mkdir()
+    (dm / "dm/uuid").write_text("LVM-abcdef\n")
+    (dm / "dm/name").write_text("crashvg-dumps\n")
+    _link(dm / "slaves/vda1", root / "sys/class/block/vda1")
+    (root / "sys/module/dm_mod").mkdir(parents=True)
+    (root / "sys/module/dm_thin_pool").mkdir()
+    t = environment.find_target(root, Path("/var/crash"))
+    assert (t.uuid, t.subdir, t.volume_groups) == ("1111-2222", "", ("crashvg",))
+    assert t.modules == {"dm_mod", "dm_thin_pool", "virtio_blk", "virtio_pci", "ext4"}
+    assert t.devices == ("dm-0", "vda1")
+
+
+@pytest.mark.parametrize(
+    ("name", "dm_uuid", "reason"),
+    [
+        ("loop0", "", "loop0 is a loop device"),
+        ("md0", "", "md0 is software RAID"),
+        ("dm-1", "CRYPT-LUKS2-abc", r"is encrypted \(dm-crypt/LUKS\)"),
+        ("dm-1", "mpath-3600", "is multipath"),
+    ],
+)
+def test_devices_it_cannot_reach_say_why(
+    tmp_path: Path, name: str, dm_uuid: str, reason: str
+) -> None:
+    mount = f"22 1 7:0 / /var/crash rw - ext4 /dev/{name} rw\n"
+    root = machine(tmp_path, ROOT_MOUNT + mount)
+    dev = _block(root, root / f"sys/devices/virtual/block/{name}", name, "7:0", "E:ID_FS_UUID=x\n")
+    if dm_uuid:
+        (dev / "dm").mkdir()
+        (dev / "dm/uuid").write_text(dm_uuid)
+        (dev / "dm/name").write_text("thing")
+    with pytest.raises(environment.Unreachable, match=reason) as e:
+        environment.find_target(root, Path("/var/crash"))
+    assert f"/var/crash is on /dev/{name} (ext4, mounted on /var/crash)" in str(e.value)
+
+
+def test_network_file_systems_and_unmounted_fstab_entries(tmp_path: Path) -> None:
+    nfs = "40 22 0:50 / /var/crash rw - nfs4 server:/dumps rw\n"
+    with pytest.raises(environment.Unreachable, match="a network file system"):
+        environment.find_target(machine(tmp_path / "a", ROOT_MOUNT + nfs), Path("/var/crash"))
+    fstab = "/dev/vdb /var/crash ext4 noauto 0 2\n"
+    with pytest.raises(environment.Unreachable, match=r"/var/crash \(in /etc/fstab"):
+        environment.find_target(machine(tmp_path / "b", ROOT_MOUNT, fstab), Path("/var/crash"))
+
+
+def test_python_in_the_archive_imports_the_capture_code(tmp_path: Path) -> None:
+    """The archive's Python, in a chroot of nothing but the archive: /init's imports work
+    (what the crash kernel runs; the VM tests run it for real)."""
+    contents = environment.Contents(Path("/"))
+    package = str(Path(environment.__file__).parents[1])
+    environment._python(contents, PYTHON, package)
+    data = cpio.archive(contents.entries)
+    _unpack(data, tmp_path / "x")
+    check = "import sys; sys.path.insert(0, '/usr/lib/kdumpd/python'); import kdumpd.init; "
+    check += "print(sorted(m for m in ('yaml', 'systemd', 'gi') if m in sys.modules))"
+    result = subprocess.run(
+        ["chroot", str(tmp_path / "x"), PYTHON, "-IS", "-c", check], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"  # nothing of the daemon's
+    assert (tmp_path / "x/init").read_text().startswith(f"#!{PYTHON} -IS\n")
+
+
+def test_capture_settings_survive_the_trip(tmp_path: Path) -> None:
+    """What plan() writes into the archive, init.capture_config reads back."""
+    from kdumpd import init
+
+    cfg = config.Config(makedumpfile_args=("--num-threads", "2"), keep_dumps=2, compression="zlib")
+    settings = {
+        "target": {"subdir": "var/crash"},
+        "capture": {k: environment._jsonable(getattr(cfg, k)) for k in environment.CAPTURE_KEYS},
+    }
+    back = init.capture_config(settings)
+    assert back.dump_path == Path("/target/var/crash")
+    for key in environment.CAPTURE_KEYS:
+        assert getattr(back, key) == getattr(cfg, key), key
