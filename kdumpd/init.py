@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import platform
 import subprocess
 import time
 from pathlib import Path
@@ -52,7 +51,7 @@ def load_module(path: str) -> None:
     flags = MODULE_INIT_COMPRESSED_FILE if path.endswith(".zst") else 0
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        number = FINIT_MODULE[platform.machine()]
+        number = FINIT_MODULE[os.uname().machine]
         if _libc.syscall(number, fd, b"", flags) != 0:
             err = ctypes.get_errno()
             if err != 17:  # EEXIST: built in, or loaded as a dependency already
