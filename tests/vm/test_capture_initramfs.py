@@ -87,6 +87,7 @@ pvcreate -q /dev/vdb
 vgcreate -q crashvg /dev/vdb
 lvcreate -q -n dumps -L 200M crashvg
 mkfs.ext4 -q /dev/crashvg/dumps
+mkdir -p /var/crash
 echo '/dev/crashvg/dumps /var/crash ext4 defaults 0 2' >> /etc/fstab
 mount /var/crash
 """
@@ -117,6 +118,7 @@ LOOP_SETUP = """
 set -e
 truncate -s 200M /srv/crash.img
 mkfs.ext4 -q /srv/crash.img
+mkdir -p /var/crash
 echo '/srv/crash.img /var/crash ext4 loop 0 2' >> /etc/fstab
 mount /var/crash
 """
