@@ -24,6 +24,34 @@ def test_loads_the_running_kernel(tmp_path: Path) -> None:
     assert {"State": "loaded"} in [{k: v} for c in m.changes for k, v in c.items()]
 
 
+def test_the_capture_initramfs_is_built_after_the_first_load_then_loaded(tmp_path: Path) -> None:
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    s = m.daemon.status
+    assert (s.CaptureMode, s.Initrd) == ("system", str(m.root / f"boot/initrd.img-{V}"))
+    assert m.daemon.unbuilt is not None and not list(m.cache.glob("*"))
+    m.daemon.build_environment()
+    s = m.daemon.status
+    assert s.State == "loaded" and s.CaptureMode == "initramfs" and s.LastError == ""
+    (image,) = m.cache.glob("initramfs-*.img")
+    assert s.Initrd == str(image) and image.read_bytes().startswith(b"\xfd7zXZ")
+    assert "systemd.unit=" not in s.CommandLine and len(m.kexec.calls) == 2
+    # the same content later: found in the cache, not built again
+    m.daemon.reload()
+    assert m.daemon.unbuilt is None and list(m.cache.glob("*")) == [image]
+    assert m.daemon.status.CaptureMode == "initramfs"
+
+
+def test_an_unreachable_dump_path_arms_the_system_and_says_why(tmp_path: Path) -> None:
+    m = Machine(tmp_path, system=True)
+    m.daemon.reload()
+    s = m.daemon.status
+    assert s.State == "loaded" and s.CaptureMode == "system"
+    assert "capture boots the system's own initramfs and systemd" in s.LastError
+    assert "network file system" in s.LastError and "systemd.unit=" in s.CommandLine
+    assert m.daemon.unbuilt is None
+
+
 def test_no_reservation_is_a_state_with_advice(tmp_path: Path) -> None:
     m = Machine(tmp_path, cmdline="root=/dev/vda rw", reserved=0)
     m.daemon.reload()
