@@ -1,12 +1,15 @@
-"""The smallest crashkernel= at which kdumpd still saves a complete dump (1 GiB guest, TCG).
+"""The smallest crashkernel= at which each service still saves a complete dump, on the
+stock image (Debian 12 with its default initramfs, 1 GiB guest, TCG), kdumpd beside
+kdump-tools in the same run.
 
-For each size, largest first: boot a guest with crashkernel=SIZE, install kdumpd, crash it
-and watch the console until the capture completes, fails, or the crash kernel dies (out of
-memory, or a panic that reboots: QEMU runs with -no-reboot, so the guest just exits).
-Prints one line per size and the smallest that worked; the anchor to beat is Debian's
-kdump-tools, which needs 120M on this guest and hangs at 112M.
+For each service and size, largest first: boot a guest with crashkernel=SIZE, install the
+service, reboot (kdump-tools builds its initramfs at install), crash it and watch the
+console until the dump is saved, capture fails, or the crash kernel dies (out of memory,
+or a panic that reboots: QEMU runs with -no-reboot, so the guest just exits). Prints one
+line per attempt and the smallest that worked.
 
-    python -m bench.min_reservation [SIZE_MB ...]      (default: 256 192 160 144 128 112 96)
+    python -m bench.min_reservation [SERVICE] [SIZE_MB ...]
+        (default: both services; 192 160 144 128 120 112 104 96)
 """
 
 from __future__ import annotations
@@ -17,47 +20,59 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.run import Service, install_kdump_tools
 from tests.vm.guest import BootOptions, Guest, GuestError, GuestTimeoutError
 from tests.vm.image import ensure_image
-from tests.vm.kdumpd_guest import build_deb, wait_state
+from tests.vm.kdumpd_guest import build_deb, crash_loaded, wait_armed
 
-DEFAULT_SIZES_MB = (256, 192, 160, 144, 128, 112, 96)
-OUTCOME = re.compile(r"kdumpd: (capture complete|capture FAILED.*)|Out of memory|Kernel panic")
+DEFAULT_SIZES_MB = (192, 160, 144, 128, 120, 112, 104, 96)
+FAILURE = r"kdumpd: capture FAILED.*|Out of memory|Kernel panic"
 
 
-def attempt(size_mb: int, deb: Path, workdir: Path) -> str:
+def attempt(service: Service, size_mb: int, workdir: Path) -> str:
     opts = BootOptions(append=f"crashkernel={size_mb}M", reboot=False)
-    with Guest(ensure_image(), workdir / f"m{size_mb}", f"m{size_mb}", opts) as g:
+    name = f"{service.name}-{size_mb}"
+    with Guest(ensure_image(stock=True), workdir / name, name, opts) as g:
         g.start()
         g.wait_booted()
-        g.install_deb(deb)
-        state = wait_state(g)
-        if state["State"] != "loaded":
-            return f"not loaded: {state['LastError']}"
-        recommended = f"(kdumpd recommends {int(state['RecommendedBytes']) >> 20}M)"
+        service.install(g)
+        note = ""
+        if service.name == "kdumpd":
+            state = wait_armed(g)
+            note = f" (kdumpd recommends {int(state['RecommendedBytes']) >> 20}M)"
+        if crash_loaded(g) != "1":
+            return "not loaded"
         t0 = time.monotonic()
         g.run("sync")  # the crash kernel reads the disk, not our page cache
         offset = g.crash()
-        g.wait_console(r"Command line: .*elfcorehdr=", 300, offset)
+        offset += g.wait_console(r"Command line: .*elfcorehdr=", 300, offset).end()
+        outcome = re.compile(f"({service.saved})|{FAILURE}")
         try:
-            found = g.wait_console(OUTCOME, 900, g.console_offset())
+            found = g.wait_console(outcome, 900, offset)
         except (GuestTimeoutError, GuestError) as e:
-            return f"no outcome: {str(e).splitlines()[0]} {recommended}"
-        return f"{found.group(0)} after {time.monotonic() - t0:.0f} s {recommended}"
+            return f"no outcome: {str(e).splitlines()[0]}{note}"
+        verdict = "dump saved" if found.group(1) else found.group(0)
+        return f"{verdict} after {time.monotonic() - t0:.0f} s{note}"
 
 
 def main(argv: list[str]) -> int:
-    sizes = [int(a) for a in argv] or list(DEFAULT_SIZES_MB)
     work = Path(tempfile.mkdtemp(prefix="kdumpd-minres-"))
     deb = build_deb(work)
-    smallest = None
-    for size in sizes:
-        outcome = attempt(size, deb, work)
-        print(f"crashkernel={size}M: {outcome}", flush=True)
-        if "capture complete" not in outcome:
-            break
-        smallest = size
-    print(f"smallest working reservation: {f'{smallest}M' if smallest else 'none of these'}")
+    services = [
+        Service("kdumpd", "kdumpd.service", lambda g: g.install_deb(deb), r"kdumpd: dump saved"),
+        Service("kdump-tools", "kdump-tools.service", install_kdump_tools, r"saved vmcore in"),
+    ]
+    chosen = [s for s in services if s.name in argv] or services
+    sizes = [int(a) for a in argv if a.isdigit()] or list(DEFAULT_SIZES_MB)
+    for service in chosen:
+        smallest = None
+        for size in sizes:
+            outcome = attempt(service, size, work)
+            print(f"{service.name} crashkernel={size}M: {outcome}", flush=True)
+            if not outcome.startswith("dump saved"):
+                break
+            smallest = size
+        print(f"{service.name}: smallest working reservation: {smallest or 'none of these'}M")
     return 0
 
 

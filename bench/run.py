@@ -1,9 +1,11 @@
 """kdumpd against Debian's kdump-tools, in the same run, on the same guest image.
 
-For each: a fresh Debian 12 guest (1 GiB, 2 vCPUs, QEMU TCG, crashkernel=256M) with the
-service installed from its package; a reboot, then how long the service took at boot to
-load the crash kernel (systemd's own timestamps); a sysrq crash, then the seconds from the
-panic to the saved dump and to multi-user again. Prints one table. No assertions: numbers.
+For each: a fresh stock Debian 12 guest (Debian's default initramfs, 1 GiB, 2 vCPUs, QEMU
+TCG, crashkernel=256M) with the service installed from its package; a reboot, then how
+long the service took at boot to load the crash kernel (systemd's own timestamps); a sysrq
+crash, then the seconds from the panic to each phase on the console (the crash kernel
+starts, its /init runs, the dump is saved, the machine's own kernel starts again) and to
+multi-user again. Prints one table. No assertions: numbers.
 
     python -m bench.run [SERVICE ...]     (make bench: both)
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from tests.vm.guest import BootOptions, Guest
 from tests.vm.image import CACHE_ROOT, ensure_image
-from tests.vm.kdumpd_guest import build_deb, crash_loaded, wait_state
+from tests.vm.kdumpd_guest import build_deb, crash_loaded, wait_armed
 
 
 @dataclass
@@ -97,8 +99,15 @@ def boot_load_seconds(g: Guest, unit: str) -> float:
     return (int(values["ActiveEnterTimestampMonotonic"]) - start) / 1e6
 
 
+# After the panic, in this order on the console.
+PHASES = (
+    ("panic -> crash kernel starts (s)", r"Command line: .*elfcorehdr="),
+    ("panic -> its /init runs (s)", r"Run /init as init process"),
+)
+
+
 def measure(service: Service, workdir: Path) -> dict[str, float]:
-    image = ensure_image()
+    image = ensure_image(stock=True)
     opts = BootOptions(append="crashkernel=256M")
     with Guest(image, workdir / service.name, service.name, opts) as g:
         g.start()
@@ -108,16 +117,20 @@ def measure(service: Service, workdir: Path) -> dict[str, float]:
         g.wait_console(r"Linux version", 300, offset)
         g.wait_booted()
         if service.name == "kdumpd":
-            wait_state(g)
+            wait_armed(g)
         results = {"boot: load crash kernel (s)": boot_load_seconds(g, service.unit)}
         assert crash_loaded(g) == "1", f"{service.name} did not load a crash kernel"
         t0 = time.monotonic()
         g.run("sync")  # the crash kernel reads the disk, not our page cache
         offset = g.crash()
+        for name, marker in PHASES:
+            offset += g.wait_console(marker, 600, offset).end()
+            results[name] = time.monotonic() - t0
         g.wait_console(service.saved, 900, offset)
         results["panic -> dump saved (s)"] = time.monotonic() - t0
         done = g.console_offset()
         g.wait_console(r"Command line: (?!.*elfcorehdr=).*crashkernel=.*\n", 600, done)
+        results["panic -> own kernel again (s)"] = time.monotonic() - t0
         g.wait_booted()
         results["panic -> multi-user (s)"] = time.monotonic() - t0
         g.shutdown()
