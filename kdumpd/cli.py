@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kdumpd import UserError, cmdline, config, kernels, reservation
+from kdumpd import UserError, cmdline, config, environment, kernels, reservation
 from kdumpd.sizes import SizeError, format_size, human_size, parse_size
 
 EXIT_OK = 0
@@ -115,6 +115,21 @@ def cmd_unload(args: argparse.Namespace) -> int:
     return EXIT_OK if rc == EXIT_NOT_LOADED else EXIT_ERROR
 
 
+def _capture_sizes(
+    cfg: config.Config, files: kernels.KernelFiles, sysroot: Path
+) -> tuple[str, int, int, str]:
+    """As the daemon arms it: the capture mode, its initrd's size as loaded and unpacked
+    (0: the machine's, estimated), and why the mode is "system"."""
+    why = "initrd: is set in the config"
+    if cfg.initrd is None:
+        try:
+            packed, unpacked = environment.sizes(environment.plan(cfg, files.version, sysroot))
+            return "initramfs", packed, unpacked, ""
+        except (environment.Unreachable, OSError) as e:
+            why = str(e)
+    return "system", files.sizes()[1], 0, why
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     problems: list[str] = []
     warnings: list[str] = []
@@ -128,13 +143,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         files, note = kernels.choose(cfg, platform.release(), sysroot)
         if note:
             warnings.append(note)
-        kernel_size, initrd_size = files.sizes()
+        kernel_size = files.sizes()[0]
         print(f"crash kernel: {files.version} ({files.image}, {files.initrd or 'no initrd'})")
+        mode, initrd_size, unpacked, why = _capture_sizes(cfg, files, sysroot)
+        print(f"capture mode: {mode}{f' ({why})' if why else ''}")
     except (kernels.KernelNotFound, OSError) as e:
         problems.append(str(e))
-        kernel_size = initrd_size = 0
+        kernel_size = initrd_size = unpacked = 0
+        mode = "system"
     res = reservation.read_reservation(sysroot)
-    recommended = reservation.recommended_bytes(res.ram_bytes, kernel_size, initrd_size)
+    recommended = reservation.recommended_bytes(res.ram_bytes, kernel_size, initrd_size, unpacked)
     verdict = reservation.assess(res, recommended, cfg.min_reservation)
     print(
         f"reservation: {human_size(res.reserved_bytes)}, capture needs about "
@@ -146,7 +164,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         warnings.append(f"{verdict.message} Set {verdict.suggestion}.")
     try:
         running = (sysroot / "proc/cmdline").read_text().strip()
-        line = cmdline.build(running, cfg.cmdline_remove, cfg.cmdline_append, platform.machine())
+        line = cmdline.build(
+            running,
+            cfg.cmdline_remove,
+            cfg.cmdline_append,
+            platform.machine(),
+            system=mode == "system",
+        )
         print(f"capture command line: {line}")
     except (OSError, cmdline.CmdlineTooLong) as e:
         problems.append(str(e))
@@ -182,11 +206,16 @@ def cmd_crashkernel(args: argparse.Namespace) -> int:
             )
         return EXIT_OK
     try:
-        files, _ = kernels.choose(config.Config(), platform.release())
-        kernel_size, initrd_size = files.sizes()
+        cfg = config.load()
+    except config.ConfigError:
+        cfg = config.Config()
+    try:
+        files, _ = kernels.choose(cfg, platform.release())
+        _, initrd_size, unpacked, _ = _capture_sizes(cfg, files, Path("/"))
+        kernel_size = files.sizes()[0]
     except (kernels.KernelNotFound, OSError):
-        kernel_size = initrd_size = 0
-    recommended = reservation.recommended_bytes(ram, kernel_size, initrd_size)
+        kernel_size = initrd_size = unpacked = 0
+    recommended = reservation.recommended_bytes(ram, kernel_size, initrd_size, unpacked)
     verdict = reservation.assess(res, recommended)
     params = {kind: p.text for kind, p in res.params.items()}
     if args.json:

@@ -27,6 +27,7 @@ REMOVE = (
     "BOOT_IMAGE",
     "initrd",
     "init",
+    "rdinit",  # the capture initramfs's /init must run, not the one the machine names
     "systemd.unit",
     "rd.systemd.unit",
     "elfcorehdr",

@@ -546,6 +546,16 @@ class Image:
     seconds: float  # spent building it; 0 when it came from the cache
 
 
+def compress(data: bytes) -> bytes:
+    return lzma.compress(data, lzma.FORMAT_XZ, lzma.CHECK_CRC32, filters=XZ_FILTERS)
+
+
+def sizes(p: Plan, cache: Path = CACHE_DIR) -> tuple[int, int]:
+    """The image's size as loaded and unpacked, without writing it (for `kdumpd check`)."""
+    image = find(p, cache)
+    return (image.size if image else len(compress(p.archive))), len(p.archive)
+
+
 def find(p: Plan, cache: Path = CACHE_DIR) -> Image | None:
     """The image of this very content, if it was built before."""
     path = cache / p.file_name
@@ -557,7 +567,7 @@ def build(p: Plan, cache: Path = CACHE_DIR) -> Image:
     started = time.monotonic()
     data = p.archive
     path = cache / p.file_name
-    packed = lzma.compress(data, lzma.FORMAT_XZ, lzma.CHECK_CRC32, filters=XZ_FILTERS)
+    packed = compress(data)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(packed)

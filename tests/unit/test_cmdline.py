@@ -29,6 +29,14 @@ def test_removes_what_must_not_reach_the_crash_kernel() -> None:
     assert "systemd.unit=graphical.target" not in params
 
 
+def test_the_capture_initramfs_gets_its_own_init_and_no_systemd_parameters() -> None:
+    line = cmdline.build(DEBIAN + " rdinit=/sbin/other init=/bin/bash", system=False)
+    names = [cmdline.name(p) for p in cmdline.split(line)]
+    assert "rdinit" not in names and "init" not in names
+    assert not [n for n in names if n.startswith(("systemd.", "udev."))], line
+    assert "nr_cpus" in names and "reset_devices" in names
+
+
 def test_adds_what_capture_needs() -> None:
     params = cmdline.split(cmdline.build(DEBIAN))
     for needed in ("irqpoll", "nr_cpus=1", "reset_devices", "mce=off", "panic=10"):
