@@ -127,7 +127,8 @@ def udev_properties(sysroot: Path, major: int, minor: int) -> dict[str, str]:
         text = (sysroot / f"run/udev/data/b{major}:{minor}").read_text()
     except OSError:
         return {}
-    return dict(line[2:].split("=", 1) for line in text.splitlines() if line.startswith("E:"))
+    pairs = (line[2:].partition("=") for line in text.splitlines() if line.startswith("E:"))
+    return {key: value for key, sep, value in pairs if sep}
 
 
 def _read(path: Path) -> str:
@@ -135,6 +136,14 @@ def _read(path: Path) -> str:
         return path.read_text().strip()
     except OSError:
         return ""
+
+
+def _numbers(block: Path) -> tuple[int, int]:
+    """A block device's major and minor number, from sysfs."""
+    major, sep, minor = _read(block / "dev").partition(":")
+    if not (sep and major.isdigit() and minor.isdigit()):
+        raise Unreachable(f"{block.name} has no device number in sysfs")
+    return int(major), int(minor)
 
 
 def _block_dir(sysroot: Path, mount: Mount) -> Path:
@@ -174,8 +183,7 @@ def _chain(sysroot: Path, block: Path, found: dict[str, set[str]]) -> None:
         if not uuid.startswith("LVM-"):
             kind = _DM_KINDS.get(uuid.split("-", 1)[0], "a device-mapper device (not LVM)")
             raise Unreachable(f"{name} ({_read(block / 'dm/name')}) is {kind}")
-        dev = _read(block / "dev").split(":")
-        vg = udev_properties(sysroot, int(dev[0]), int(dev[1])).get("DM_VG_NAME", "")
+        vg = udev_properties(sysroot, *_numbers(block)).get("DM_VG_NAME", "")
         if not vg:
             raise Unreachable(f"udev has no volume group name for {name}")
         found["volume_groups"].add(vg)
@@ -183,7 +191,7 @@ def _chain(sysroot: Path, block: Path, found: dict[str, set[str]]) -> None:
         # The LV's targets (thin, raid, cache, ...) are loaded now, as it is in use.
         for module in (sysroot / "sys/module").glob("dm_*"):
             found["modules"].add(module.name)
-        for slave in sorted((block / "slaves").iterdir()):
+        for slave in sorted((block / "slaves").glob("*")):
             _chain(sysroot, slave.resolve(), found)
         return
     disk = block.parent if (block / "partition").exists() else block
@@ -226,8 +234,7 @@ def find_target(sysroot: Path, dump_path: Path) -> Target:
         _chain(sysroot, block, found)
     except Unreachable as e:
         raise Unreachable(f"{where}: {e}") from None
-    major, minor = (int(n) for n in _read(block / "dev").split(":"))
-    uuid = udev_properties(sysroot, major, minor).get("ID_FS_UUID", "")
+    uuid = udev_properties(sysroot, *_numbers(block)).get("ID_FS_UUID", "")
     if not uuid:
         raise Unreachable(f"{where}: udev has no file system UUID for {block.name}")
     below = inside.relative_to(mount.point)
@@ -433,15 +440,18 @@ _imports_cache: dict[tuple[str, str], list[str]] = {}
 def python_files(python: str, package_parent: str) -> list[str]:
     key = (python, package_parent)
     if key not in _imports_cache:
-        out = subprocess.run(
-            [python, "-I", "-S", "-c", _IMPORTS, package_parent],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if out.returncode != 0:
-            raise Unreachable(f"{python} cannot import kdumpd.init: {out.stderr.strip()[-300:]}")
-        _imports_cache[key] = json.loads(out.stdout)
+        try:
+            out = subprocess.run(
+                [python, "-I", "-S", "-c", _IMPORTS, package_parent],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if out.returncode != 0:
+                raise Unreachable(f"{python} cannot import kdumpd.init: {out.stderr[-300:]}")
+            _imports_cache[key] = json.loads(out.stdout)
+        except (OSError, subprocess.SubprocessError, ValueError) as e:
+            raise Unreachable(f"cannot list what {python} imports for capture: {e}") from None
     return _imports_cache[key]
 
 
