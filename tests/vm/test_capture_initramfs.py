@@ -106,6 +106,7 @@ def test_the_dump_goes_to_an_lvm_logical_volume(
     wait_armed(g)
     built = g.run("journalctl -u kdumpd -o cat | grep 'capture initramfs built'").stdout
     assert "on dm-0, vdb" in built, built
+    assert "capture mode: initramfs\n" in g.run("kdumpd check").stdout
     offset = g.console_offset()
     crash_and_come_back(g, "capture complete")
     assert "kdumpd: loading dm-mod.ko" not in g.console_text(offset)  # loaded, not refused
@@ -134,6 +135,7 @@ def test_an_unreachable_dump_path_arms_the_systems_own_boot(
     assert s["Initrd"].startswith("/boot/initrd.img-")
     assert "capture boots the system's own initramfs and systemd" in s["LastError"], s
     assert "is a loop device" in s["LastError"], s
+    assert "capture mode: system (/var/crash is on /dev/loop" in g.run("kdumpd check").stdout
     offset = g.console_offset()
     crash_and_come_back(g, "capture complete")
     assert "kdumpd: capture environment up" not in g.console_text(offset)
