@@ -45,9 +45,11 @@ def test_enabled_and_loaded(loaded_guest: Guest) -> None:
     release = g.run("uname -r").stdout.strip()
     assert s["KernelVersion"] == release
     assert s["KernelImage"] == f"/boot/vmlinuz-{release}"
-    assert s["Initrd"] == f"/boot/initrd.img-{release}"
+    assert s["Initrd"].startswith("/var/cache/kdumpd/initramfs-")
+    assert prop(g, "CaptureMode") == "initramfs"
+    assert "Capture mode:  initramfs" in g.run("kdumpd status").stdout
     assert "crashkernel" not in s["CommandLine"]
-    assert "systemd.unit=kdumpd-capture.target" in s["CommandLine"]
+    assert "systemd." not in s["CommandLine"]  # the capture initramfs has no systemd
     assert s["LastLoadUsec"] > 0
     assert g.run("kdumpd status", check=False).rc == 0
     assert "crash kernel" in journal(g, "-u", "kdumpd", f"MESSAGE_ID={MSG_LOADED}")
