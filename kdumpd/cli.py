@@ -120,14 +120,11 @@ def _capture_sizes(
 ) -> tuple[str, int, int, str]:
     """As the daemon arms it: the capture mode, its initrd's size as loaded and unpacked
     (0: the machine's, estimated), and why the mode is "system"."""
-    why = "initrd: is set in the config"
-    if cfg.initrd is None:
-        try:
-            packed, unpacked = environment.sizes(environment.plan(cfg, files.version, sysroot))
-            return "initramfs", packed, unpacked, ""
-        except (environment.Unreachable, OSError) as e:
-            why = str(e)
-    return "system", files.sizes()[1], 0, why
+    plan, why = environment.choose(cfg, files.version, sysroot)
+    if plan is None:
+        return "system", files.sizes()[1], 0, why or "initrd: is set in the config"
+    packed, unpacked = environment.sizes(plan)
+    return "initramfs", packed, unpacked, ""
 
 
 def cmd_check(args: argparse.Namespace) -> int:

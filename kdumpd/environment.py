@@ -28,6 +28,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -542,6 +543,22 @@ def plan(
     }
     contents.put(SETTINGS, cpio.regular(json.dumps(settings, indent=1, sort_keys=True).encode()))
     return Plan(target, contents.entries)
+
+
+Planner = Callable[[config.Config, str, Path], Plan]
+
+
+def choose(
+    cfg: config.Config, version: str, sysroot: Path = Path("/"), planner: Planner = plan
+) -> tuple[Plan | None, str]:
+    """The capture initramfs's plan, or None and why the machine's own boot is armed
+    instead ("" when the config names its initrd: the admin's choice, not a problem)."""
+    if cfg.initrd is not None:
+        return None, ""
+    try:
+        return planner(cfg, version, sysroot), ""
+    except (Unreachable, OSError) as e:
+        return None, str(e)
 
 
 def _jsonable(value: object) -> object:

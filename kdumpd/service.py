@@ -108,7 +108,7 @@ class Daemon:
         sysroot: Path = Path("/"),
         on_change: Callable[[dict[str, Any]], None] = lambda changed: None,
         cache: Path = environment.CACHE_DIR,
-        planner: Callable[[config.Config, str, Path], environment.Plan] = environment.plan,
+        planner: environment.Planner = environment.plan,
     ) -> None:
         self.config_path = config_path
         self.kexec = kexec
@@ -325,13 +325,11 @@ class Daemon:
         own initramfs and systemd. An initramfs not built yet is built now while a crash
         kernel is loaded (the machine stays protected meanwhile); with none loaded, the
         machine's boot is armed first and the build comes after (build_environment)."""
-        if cfg.initrd is not None:
-            return Arming("system", files.initrd, 0, "")
-        try:
-            plan = self.planner(cfg, files.version, self.sysroot)
-        except (environment.Unreachable, OSError) as e:
-            why = f"capture boots the system's own initramfs and systemd: {e}"
-            journal.send(journal.NOTICE, why, kernel_version=files.version)
+        plan, reason = environment.choose(cfg, files.version, self.sysroot, self.planner)
+        if plan is None:
+            why = f"capture boots the system's own initramfs and systemd: {reason}" if reason else ""
+            if why:
+                journal.send(journal.NOTICE, why, kernel_version=files.version)
             return Arming("system", files.initrd, 0, why)
         image = environment.find(plan, self.cache)
         if image is None and not self.kexec.loaded():
