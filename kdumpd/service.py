@@ -327,7 +327,7 @@ class Daemon:
         machine's boot is armed first and the build comes after (build_environment)."""
         plan, reason = environment.choose(cfg, files.version, self.sysroot, self.planner)
         if plan is None:
-            why = f"capture boots the system's own initramfs and systemd: {reason}" if reason else ""
+            why = reason and f"capture boots the system's own initramfs and systemd: {reason}"
             if why:
                 journal.send(journal.NOTICE, why, kernel_version=files.version)
             return Arming("system", files.initrd, 0, why)
