@@ -8,8 +8,8 @@ console until the dump is saved, capture fails, or the crash kernel dies (out of
 or a panic that reboots: QEMU runs with -no-reboot, so the guest just exits). Prints one
 line per attempt and the smallest that worked.
 
-    python -m bench.min_reservation [SERVICE] [SIZE_MB ...]
-        (default: both services; 192 160 144 128 120 112 104 96)
+    python -m bench.min_reservation [SERVICE] [--memory MIB] [SIZE_MB ...]
+        (default: both services, a 1 GiB guest; 128 120 112 104 96 88 80 72)
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from tests.vm.guest import BootOptions, Guest, GuestError, GuestTimeoutError
 from tests.vm.image import ensure_image
 from tests.vm.kdumpd_guest import build_deb, crash_loaded, wait_armed
 
-DEFAULT_SIZES_MB = (192, 160, 144, 128, 120, 112, 104, 96)
+DEFAULT_SIZES_MB = (128, 120, 112, 104, 96, 88, 80, 72)
 FAILURE = r"kdumpd: capture FAILED.*|Out of memory|Kernel panic"
 
 
-def attempt(service: Service, size_mb: int, workdir: Path) -> str:
-    opts = BootOptions(append=f"crashkernel={size_mb}M", reboot=False)
-    name = f"{service.name}-{size_mb}"
+def attempt(service: Service, size_mb: int, memory_mb: int, workdir: Path) -> str:
+    opts = BootOptions(memory_mb=memory_mb, append=f"crashkernel={size_mb}M", reboot=False)
+    name = f"{service.name}-{memory_mb}-{size_mb}"
     with Guest(ensure_image(stock=True), workdir / name, name, opts) as g:
         g.start()
         g.wait_booted()
@@ -62,17 +62,24 @@ def main(argv: list[str]) -> int:
         Service("kdumpd", "kdumpd.service", lambda g: g.install_deb(deb), r"kdumpd: dump saved"),
         Service("kdump-tools", "kdump-tools.service", install_kdump_tools, r"saved vmcore in"),
     ]
+    memory_mb = 1024
+    if "--memory" in argv:
+        at = argv.index("--memory")
+        memory_mb = int(argv[at + 1])
+        del argv[at : at + 2]
     chosen = [s for s in services if s.name in argv] or services
     sizes = [int(a) for a in argv if a.isdigit()] or list(DEFAULT_SIZES_MB)
+    print(f"stock image, {memory_mb} MiB guest, TCG", flush=True)
     for service in chosen:
         smallest = None
         for size in sizes:
-            outcome = attempt(service, size, work)
+            outcome = attempt(service, size, memory_mb, work)
             print(f"{service.name} crashkernel={size}M: {outcome}", flush=True)
             if not outcome.startswith("dump saved"):
                 break
             smallest = size
-        print(f"{service.name}: smallest working reservation: {smallest or 'none of these'}M")
+        found = f"{smallest}M" if smallest else "none of these"
+        print(f"{service.name}: smallest working reservation: {found}")
     return 0
 
 

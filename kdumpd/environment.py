@@ -2,44 +2,44 @@
 so that the crash kernel saves the dump without booting the machine's initramfs and
 systemd.
 
-It holds Python and the stdlib modules `kdumpd.init` imports (found by importing it, not
-guessed), makedumpfile and blkid with the libraries their ELF headers name, the kernel
-modules for the dump file system's device chain (from sysfs, closed over modules.dep and
-modules.softdep of the crash kernel's version), and the capture settings. `kdumpd.init`
-runs as /init: it mounts the dump file system by UUID and runs the same capture code as
-the machine's own boot would.
+Capture runs in two stages. The archive holds only busybox, the kernel modules for the
+root file system's device chain (from sysfs, closed over modules.dep and modules.softdep
+of the crash kernel's version), lvm when the root is on LVM, and the capture settings.
+Its /init, a busybox script, mounts the root file system by UUID and switches to it,
+which frees the archive. Stage two is `kdumpd.init`, run by the machine's own Python
+from the root file system: it mounts the dump file system (loading its drivers from the
+root's /lib/modules) and runs the same capture code as the machine's own boot would.
+Python, its libraries and makedumpfile are read from the disk into the page cache, which
+the kernel can reclaim, not held in the archive's unreclaimable memory: the crash kernel
+needs a smaller reservation (README, "Memory").
 
 Everything here reads a sysroot; nothing changes the system but the cache directory.
-Where the dump file system cannot be reached this way (network, encryption, RAID, loop
-files, ...), `plan` raises Unreachable with the reason, and the daemon arms the machine's
-own initramfs and systemd instead (capture mode "system").
+Where the root or the dump file system cannot be reached this way (network, encryption,
+RAID, loop files, ...), `plan` raises Unreachable with the reason, and the daemon arms
+the machine's own initramfs and systemd instead (capture mode "system").
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import json
 import lzma
-import marshal
 import os
 import re
-import subprocess
+import shlex
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdumpd import capture, config, cpio, elf
+from kdumpd import capture, config, cpio, elf, init
 
 CACHE_DIR = Path("/var/cache/kdumpd")
 IMAGE_PREFIX = "initramfs-"
-# Where the kdumpd package sits inside the archive (python runs with -I -S: no site dirs).
-PACKAGE_DIR = "usr/lib/kdumpd/python"
-SETTINGS = "etc/kdumpd/capture.json"
-TARGET_DIR = "/target"  # where /init mounts the dump file system
+SETTINGS = "etc/kdumpd/capture.json"  # in the archive; stage one copies it to init.SETTINGS
+NEW_ROOT = "/root"  # where stage one mounts the root file system
 FILESYSTEMS = ("ext4", "ext3", "ext2", "xfs", "btrfs")
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "9p", "fuse.sshfs")
 # btrfs: mount the top-level subvolume; the dump path below it includes the subvolume.
@@ -414,71 +414,15 @@ class Contents:
             self.program(f"{found}/{lib}")
 
 
-def pyc(source: bytes, path: str) -> bytes:
-    """A sourceless .pyc (PEP 552, unchecked): Python imports it from beside where the
-    source would be. Docstrings and asserts are left out (-OO): nothing at capture reads
-    them."""
-    code = compile(source, path, "exec", dont_inherit=True, optimize=2)
-    return importlib.util.MAGIC_NUMBER + b"\0" * 12 + marshal.dumps(code)
-
-
-# What `kdumpd.init` imports, printed by a Python started as the archive's /init starts it.
-# The package may sit among other site packages: systemd-python is not for the archive
-# (kdumpd.journal does without it, on the console), nor bz2 and lzma (shutil's optional
-# archive formats, with their libraries).
-_IMPORTS = """
-import json, sys
-sys.path.insert(0, sys.argv[1])
-sys.modules["systemd"] = None
-sys.modules["bz2"] = sys.modules["lzma"] = None
-import kdumpd.init
-print(json.dumps(sorted({f for m in list(sys.modules.values())
-                         if (f := getattr(m, "__file__", None))})))
-"""
-_imports_cache: dict[tuple[str, str], list[str]] = {}
-
-
-def python_files(python: str, package_parent: str) -> list[str]:
-    key = (python, package_parent)
-    if key not in _imports_cache:
-        try:
-            out = subprocess.run(
-                [python, "-I", "-S", "-c", _IMPORTS, package_parent],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            if out.returncode != 0:
-                raise Unreachable(f"{python} cannot import kdumpd.init: {out.stderr[-300:]}")
-            _imports_cache[key] = json.loads(out.stdout)
-        except (OSError, subprocess.SubprocessError, ValueError) as e:
-            raise Unreachable(f"cannot list what {python} imports for capture: {e}") from None
-    return _imports_cache[key]
-
-
-def _python(contents: Contents, python: str, package_parent: str) -> None:
-    contents.program(python)
-    for path in python_files(python, package_parent):
-        if path.endswith(".py"):
-            inside = path
-            if path.startswith(package_parent + "/"):
-                inside = f"/{PACKAGE_DIR}/{path[len(package_parent) + 1 :]}"
-            source = (contents.sysroot / path.lstrip("/")).read_bytes()
-            contents.put(inside + "c", cpio.regular(pyc(source, inside)))
-        else:  # an extension module
-            contents.program(path)
-    init = f"#!{python} -IS\nimport sys\nsys.path.insert(0, '/{PACKAGE_DIR}')\n"
-    init += "from kdumpd import init\ninit.main()\n"
-    contents.put("init", cpio.regular(init.encode(), 0o755))
-
-
-def _modules(contents: Contents, version: str, names: frozenset[str]) -> list[str]:
-    directory = f"/lib/modules/{version}"
-    index = ModuleIndex.read(contents.sysroot / directory.lstrip("/"))
+def _modules(contents: Contents, index: ModuleIndex, names: set[str]) -> list[str]:
+    """Put the modules for `names` into the archive; their paths there, in load order."""
+    directory = f"/lib/modules/{index.directory.name}"
     placed = []
-    for relative in index.load_order(set(names)):
+    for relative in index.load_order(names):
         path = f"{directory}/{relative}"
-        if path.endswith(".xz"):  # finit_module takes xz only from 6.4 on; unpack it here
+        if path.endswith(".zst"):
+            raise Unreachable(f"{path} is zstd-compressed, which busybox insmod cannot load")
+        if path.endswith(".xz"):  # unpacked here: the kernel unpacks modules from 6.4 on only
             data = (contents.sysroot / path.lstrip("/")).read_bytes()
             path = path[:-3]
             contents.file(path, lzma.decompress(data))
@@ -505,43 +449,133 @@ class Plan:
         return f"{IMAGE_PREFIX}{hashlib.sha256(self.archive).hexdigest()[:16]}.img"
 
 
-def plan(
-    cfg: config.Config,
-    version: str,
-    sysroot: Path = Path("/"),
-    python: str = "",
-    package_parent: str = "",
-) -> Plan:
+def _root_options(root: Target) -> str:
+    """Mount options for the root file system: its own btrfs subvolume, as it is now."""
+    if root.fstype == "btrfs":
+        return f"subvol=/{root.subdir}" if root.subdir else "subvolid=5"
+    if root.subdir:
+        raise Unreachable(f"the root file system is a bind mount of {root.subdir}")
+    return ""
+
+
+def _sh(words: list[str]) -> str:
+    return " ".join(shlex.quote(w) for w in words)
+
+
+# Stage one, /init of the archive. PID 1: every way out is switch_root or the failure
+# action (a PID 1 that exits panics the kernel).
+STAGE_ONE = """#!{busybox} sh
+# kdumpd capture, stage one (written by kdumpd/environment.py): mount the root file
+# system, then run the capture from it (kdumpd/init.py).
+b={busybox}
+say() {{ echo "kdumpd: $*"; }}
+fail() {{
+    say "capture FAILED: $*${{failed:+ (modules that did not load:$failed)}}"
+    say "capture failed; {failure_action}"
+    {failure}
+    $b reboot -f
+}}
+$b mount -t proc proc /proc
+$b mount -t sysfs sysfs /sys
+$b mount -t devtmpfs devtmpfs /dev
+failed=""  # the CPU's own variants of an algorithm may not load: only a failure tells
+for m in {modules}; do
+    $b insmod "$m" 2>/dev/null || failed="$failed ${{m##*/}}"
+done
+tries=0
+until dev=$($b findfs UUID={uuid} 2>/dev/null); do
+    {activate}
+    tries=$((tries + 1))
+    [ $tries -lt {tries} ] || fail "no root file system (UUID {uuid}) within {timeout} s"
+    $b usleep 200000
+done
+$b mount -t {fstype} {options} "$dev" {new_root} || fail "cannot mount the root file system ($dev)"
+$b mount -t tmpfs -o mode=0755 tmpfs {new_root}/run || fail "cannot mount {new_root}/run"
+$b mkdir -p {new_root}{settings_dir}
+$b cp /{settings} {new_root}{settings_file} || fail "cannot copy the settings"
+say "root file system $dev mounted after $($b cut -d' ' -f1 /proc/uptime) s"
+for d in proc sys dev; do
+    $b mount --move /$d {new_root}/$d || fail "cannot move /$d"
+done
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+exec $b switch_root {new_root} {python} -I -c "from kdumpd import init; init.main()"
+"""
+
+_FAILURE = {"reboot": "", "poweroff": "$b poweroff -f", "halt": "$b halt -f", "shell": "$b sh"}
+
+
+def _stage_one(busybox: str, lvm: str, root: Target, modules: list[str], cfg: config.Config,
+               python: str) -> str:  # fmt: skip
+    vgchange = [lvm, "vgchange", "-ay", "--sysinit", "--nolocking", "--config", init.LVM_CONFIG]
+    activate = _sh([*vgchange, *root.volume_groups]) + " >/dev/null 2>&1" if lvm else ":"
+    tries = int(init.DEVICE_TIMEOUT_S / 0.2)
+    return STAGE_ONE.format(
+        busybox=busybox,
+        failure_action=cfg.failure_action,
+        failure=_FAILURE[cfg.failure_action],
+        modules=_sh(modules) or '""',
+        uuid=shlex.quote(root.uuid),
+        activate=activate,
+        tries=tries,
+        timeout=f"{init.DEVICE_TIMEOUT_S:.0f}",
+        fstype=shlex.quote(root.fstype),
+        options=_sh(["-o", opts]) if (opts := _root_options(root)) else "",
+        new_root=NEW_ROOT,
+        settings=SETTINGS,
+        settings_dir=init.SETTINGS.parent,
+        settings_file=init.SETTINGS,
+        python=shlex.quote(python),
+    )
+
+
+def _target_settings(t: Target) -> dict[str, object]:
+    return {
+        "uuid": t.uuid,
+        "fstype": t.fstype,
+        "options": t.options,
+        "subdir": t.subdir,
+        "volume_groups": list(t.volume_groups),
+    }
+
+
+def plan(cfg: config.Config, version: str, sysroot: Path = Path("/"), python: str = "") -> Plan:
     """What the capture initramfs for kernel `version` holds, or Unreachable."""
     python = python or os.path.realpath(sys.executable)
-    package_parent = package_parent or str(Path(__file__).resolve().parent.parent)
+    root = find_target(sysroot, Path("/"))
     target = find_target(sysroot, cfg.dump_path)
+    if not (sysroot / python.lstrip("/")).is_file():
+        raise Unreachable(f"{python} is not installed")
     contents = Contents(sysroot)
-    for directory in ("dev", "proc", "sys", "run", "tmp", TARGET_DIR.lstrip("/")):
+    for directory in ("dev", "proc", "sys", NEW_ROOT.lstrip("/")):
         contents.put(directory, cpio.directory())
     contents.put("dev/console", cpio.char_device(5, 1))
-    _python(contents, python, package_parent)
+    busybox = which(sysroot, "busybox")
+    contents.program(busybox)
+    lvm = which(sysroot, "lvm") if root.volume_groups or target.volume_groups else ""
+    if root.volume_groups:
+        contents.program(lvm)
+    index = ModuleIndex.read(sysroot / f"lib/modules/{version}")
+    # Stage two runs from the root file system: its programs and modules are read there.
     programs = {p: which(sysroot, p) for p in ("makedumpfile", "blkid")}
-    if target.volume_groups:
-        programs["lvm"] = which(sysroot, "lvm")
+    if lvm:
+        programs["lvm"] = lvm
     if cfg.failure_action == "shell":
         programs["sh"] = which(sysroot, "sh")
-    for path in programs.values():
-        contents.program(path)
-    modules = _modules(contents, version, target.modules)
+    on_root = target.uuid == root.uuid
+    directory = f"/lib/modules/{version}"
     settings = {
-        "target": {
-            "uuid": target.uuid,
-            "fstype": target.fstype,
-            "options": target.options,
-            "subdir": target.subdir,
-            "volume_groups": list(target.volume_groups),
-        },
-        "modules": modules,
+        "target": None if on_root else _target_settings(target),
+        "dump_path": str(cfg.dump_path),
+        "modules": []
+        if on_root
+        else [f"{directory}/{m}" for m in index.load_order(set(target.modules))],
         "programs": programs,
         "capture": {k: _jsonable(getattr(cfg, k)) for k in CAPTURE_KEYS},
     }
     contents.put(SETTINGS, cpio.regular(json.dumps(settings, indent=1, sort_keys=True).encode()))
+    modules = _modules(contents, index, set(root.modules))
+    script = _stage_one(busybox, lvm if root.volume_groups else "", root, modules, cfg, python)
+    contents.put("init", cpio.regular(script.encode(), 0o755))
     return Plan(target, contents.entries)
 
 

@@ -1,16 +1,18 @@
-"""/init of the capture initramfs (kdumpd/environment.py builds it): PID 1 in the crash
-kernel. It mounts what the kernel does not, loads the modules of the dump device chain,
-activates LVM, mounts the dump file system by UUID, runs the capture, and reboots.
+"""Stage two of the capture in the crash kernel: PID 1, run by the machine's own Python
+from its root file system, which stage one (the capture initramfs's /init, written by
+kdumpd/environment.py) has mounted. It mounts the dump file system by UUID when it is
+not the root's (loading its drivers, activating LVM), runs the capture, and reboots.
 
-The only code that runs as PID 1: it must never return (the kernel would panic), so every
-failure ends in the configured failure action. The system calls are libc's, through
-ctypes; finit_module has no libc wrapper and goes through syscall(2).
+It must never return (the kernel would panic), so every failure ends in the configured
+failure action. The system calls are libc's, through ctypes; finit_module has no libc
+wrapper and goes through syscall(2).
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
+import lzma
 import os
 import subprocess
 import time
@@ -19,10 +21,11 @@ from typing import Any
 
 from kdumpd import capture, config
 
-SETTINGS = Path("/etc/kdumpd/capture.json")
-TARGET = Path("/target")
+SETTINGS = Path("/run/kdumpd/capture.json")  # stage one copies it here from the archive
+TARGET = Path("/run/kdumpd/target")  # where the dump file system is mounted
 FINIT_MODULE = {"x86_64": 313, "aarch64": 273, "riscv64": 273, "s390x": 344, "ppc64le": 353}
 MODULE_INIT_COMPRESSED_FILE = 4  # a .ko.zst: the kernel decompresses it (6.4 and later)
+EEXIST = 17  # a module that is built in, or loaded already (stage one loads the root's)
 # reboot(2) commands (linux/reboot.h)
 REBOOT = {"reboot": 0x01234567, "poweroff": 0x4321FEDC, "halt": 0xCDEF0123}
 DEVICE_TIMEOUT_S = 60.0
@@ -48,16 +51,18 @@ def mount(source: str, target: str, fstype: str, options: str = "") -> None:
 
 
 def load_module(path: str) -> None:
-    flags = MODULE_INIT_COMPRESSED_FILE if path.endswith(".zst") else 0
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        number = FINIT_MODULE[os.uname().machine]
-        if _libc.syscall(number, fd, b"", flags) != 0:
-            err = ctypes.get_errno()
-            if err != 17:  # EEXIST: built in, or loaded as a dependency already
-                capture.say(f"loading {Path(path).name} failed: {os.strerror(err)}")
-    finally:
-        os.close(fd)
+    if path.endswith(".xz"):  # the kernel unpacks xz from 6.4 on only: hand it the module
+        data = lzma.decompress(Path(path).read_bytes())
+        result = _libc.init_module(data, ctypes.c_ulong(len(data)), b"")
+    else:
+        flags = MODULE_INIT_COMPRESSED_FILE if path.endswith(".zst") else 0
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            result = _libc.syscall(FINIT_MODULE[os.uname().machine], fd, b"", flags)
+        finally:
+            os.close(fd)
+    if result != 0 and (err := ctypes.get_errno()) != EEXIST:
+        capture.say(f"loading {Path(path).name} failed: {os.strerror(err)}")
 
 
 def find_device(target: dict[str, Any], programs: dict[str, str]) -> str:
@@ -90,21 +95,25 @@ def capture_config(settings: dict[str, Any]) -> config.Config:
     values: dict[str, Any] = {
         k: tuple(v) if isinstance(v, list) else v for k, v in settings["capture"].items()
     }
-    dump_path = TARGET / settings["target"]["subdir"]
+    target = settings["target"]
+    dump_path = TARGET / target["subdir"] if target else Path(settings["dump_path"])
     return config.Config(path=SETTINGS, dump_path=dump_path, **values)
 
 
+def _uptime() -> str:
+    return Path("/proc/uptime").read_text().split()[0]
+
+
 def run(settings: dict[str, Any]) -> bool:
-    started = time.monotonic()
     target = settings["target"]
-    for path in settings["modules"]:
-        load_module(path)
-    device = find_device(target, settings["programs"])
-    mount(device, str(TARGET), target["fstype"], target["options"])
-    capture.say(
-        f"capture environment up in {time.monotonic() - started:.1f} s: "
-        f"{device} mounted on {TARGET}"
-    )
+    if target:
+        for path in settings["modules"]:
+            load_module(path)
+        device = find_device(target, settings["programs"])
+        TARGET.mkdir(parents=True, exist_ok=True)
+        mount(device, str(TARGET), target["fstype"], target["options"])
+        capture.say(f"{device} mounted on {TARGET}")
+    capture.say(f"capture environment up after {_uptime()} s")
     return capture.save(capture_config(settings))
 
 
@@ -126,9 +135,6 @@ def main() -> None:
     settings: dict[str, Any] = {}
     ok = False
     try:
-        mount("proc", "/proc", "proc")
-        mount("sysfs", "/sys", "sysfs")
-        mount("devtmpfs", "/dev", "devtmpfs")
         settings = json.loads(SETTINGS.read_text())
         ok = run(settings)
     except BaseException as e:  # PID 1: whatever happens, end in the failure action

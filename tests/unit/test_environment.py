@@ -4,13 +4,15 @@ tests in tests/vm/test_capture_initramfs.py)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from kdumpd import config, cpio, elf, environment
+from kdumpd import config, cpio, elf, environment, init
 
 PYTHON = os.path.realpath("/usr/bin/python3")
 ROOT_UUID = "c35783c3-a793-4b3a-84c0-eb82205194aa"
@@ -220,22 +222,77 @@ def test_network_file_systems_and_unmounted_fstab_entries(tmp_path: Path) -> Non
         environment.find_target(machine(tmp_path / "b", ROOT_MOUNT, fstab), Path("/var/crash"))
 
 
-def test_python_in_the_archive_imports_the_capture_code(tmp_path: Path) -> None:
-    """The archive's Python, in a chroot of nothing but the archive: /init's imports work
-    (what the crash kernel runs; the VM tests run it for real)."""
-    contents = environment.Contents(Path("/"))
-    package = str(Path(environment.__file__).parents[1])
-    environment._python(contents, PYTHON, package)
-    data = cpio.archive(contents.entries)
-    _unpack(data, tmp_path / "x")
-    check = "import sys; sys.path.insert(0, '/usr/lib/kdumpd/python'); import kdumpd.init; "
-    check += "print(sorted(m for m in ('yaml', 'systemd', 'gi') if m in sys.modules))"
-    result = subprocess.run(
-        ["chroot", str(tmp_path / "x"), PYTHON, "-IS", "-c", check], capture_output=True, text=True
+def _installed(root: Path, path: str, data: bytes = b"#!/bin/sh\n") -> None:
+    (root / path).parent.mkdir(parents=True, exist_ok=True)
+    (root / path).write_bytes(data)
+    (root / path).chmod(0o755)
+
+
+def _plan(root: Path, cfg: config.Config) -> tuple[dict[str, object], str, Path]:
+    """plan() on a fake machine: the archive's settings, its /init, and where it unpacked."""
+    modules = _modules_dir(root)
+    for line in (modules / "modules.dep").read_text().splitlines():
+        _installed(modules.parent.parent.parent, f"lib/modules/{modules.name}/{line.split(':')[0]}")
+    for program in ("usr/bin/busybox", "usr/bin/makedumpfile", "usr/sbin/blkid", "usr/bin/py"):
+        _installed(root, program)
+    p = environment.plan(cfg, modules.name, root, python="/usr/bin/py")
+    _unpack(p.archive, root.parent / "archive")
+    unpacked = root.parent / "archive"
+    settings = json.loads((unpacked / environment.SETTINGS).read_text())
+    return settings, (unpacked / "init").read_text(), unpacked
+
+
+def test_stage_one_mounts_the_root_and_runs_stage_two_from_it(tmp_path: Path) -> None:
+    root = machine(tmp_path, ROOT_MOUNT)
+    settings, script, unpacked = _plan(root, config.Config(failure_action="poweroff"))
+    check = subprocess.run(["busybox", "sh", "-n", str(unpacked / "init")], capture_output=True)
+    assert check.returncode == 0, check.stderr
+    assert script.startswith("#!/usr/bin/busybox sh\n")
+    # The root's drivers, dependencies first, in the archive; no Python, no makedumpfile.
+    loads = re.search(r"for m in (.*); do", script)
+    assert loads is not None
+    names = [environment.module_name(m) for m in loads.group(1).split()]
+    assert names.index("virtio") < names.index("virtio_blk")
+    assert names.index("crc32c_generic") < names.index("ext4")
+    for m in loads.group(1).split():
+        assert (unpacked / m.lstrip("/")).is_file(), m
+    assert not (unpacked / "usr/bin/py").exists()
+    assert not (unpacked / "usr/bin/makedumpfile").exists()
+    assert f"findfs UUID={ROOT_UUID}" in script
+    assert 'mount -t ext4  "$dev" /root' in script
+    assert "switch_root /root /usr/bin/py -I -c" in script
+    assert "poweroff -f" in script  # the failure action, when stage one fails
+    assert settings["target"] is None  # the dump path is on the root file system
+    assert settings["dump_path"] == "/var/crash" and settings["modules"] == []
+
+
+def test_a_dump_file_system_of_its_own_is_mounted_by_stage_two(tmp_path: Path) -> None:
+    mount = "22 1 253:0 / /var/crash rw - ext4 /dev/mapper/crashvg-dumps rw\n"
+    root = machine(tmp_path, ROOT_MOUNT + mount)
+    dm = _block(
+        root,
+        root / "sys/devices/virtual/block/dm-0",
+        "dm-0",
+        "253:0",
+        "E:ID_FS_UUID=1111-2222\nE:DM_VG_NAME=crashvg\nE:DM_LV_NAME=dumps\n",
     )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"  # nothing of the daemon's
-    assert (tmp_path / "x/init").read_text().startswith(f"#!{PYTHON} -IS\n")
+    (dm / "dm").mkdir()
+    (dm / "dm/uuid").write_text("LVM-abcdef\n")
+    (dm / "dm/name").write_text("crashvg-dumps\n")
+    _link(dm / "slaves/vda1", root / "sys/class/block/vda1")
+    (root / "sys/module/dm_mod").mkdir(parents=True)
+    _installed(root, "usr/sbin/lvm")
+    settings, script, unpacked = _plan(root, config.Config())
+    assert "vgchange" not in script and not (unpacked / "usr/sbin/lvm").exists()  # root: no LVM
+    assert settings["target"] == {
+        "uuid": "1111-2222",
+        "fstype": "ext4",
+        "options": "",
+        "subdir": "",
+        "volume_groups": ["crashvg"],
+    }
+    assert settings["programs"]["lvm"] == "/usr/sbin/lvm"  # type: ignore[index]
+    assert "/lib/modules/6.1.0-50-amd64/kernel/drivers/md/dm-mod.ko" in settings["modules"]  # type: ignore[operator]
 
 
 def test_capture_settings_survive_the_trip(tmp_path: Path) -> None:
@@ -243,11 +300,58 @@ def test_capture_settings_survive_the_trip(tmp_path: Path) -> None:
     from kdumpd import init
 
     cfg = config.Config(makedumpfile_args=("--num-threads", "2"), keep_dumps=2, compression="zlib")
-    settings = {
-        "target": {"subdir": "var/crash"},
-        "capture": {k: environment._jsonable(getattr(cfg, k)) for k in environment.CAPTURE_KEYS},
-    }
-    back = init.capture_config(settings)
-    assert back.dump_path == Path("/target/var/crash")
+    capture = {k: environment._jsonable(getattr(cfg, k)) for k in environment.CAPTURE_KEYS}
+    on_root = init.capture_config({"target": None, "dump_path": "/srv/crash", "capture": capture})
+    assert on_root.dump_path == Path("/srv/crash")
+    back = init.capture_config({"target": {"subdir": "var/crash"}, "capture": capture})
+    assert back.dump_path == init.TARGET / "var/crash"
     for key in environment.CAPTURE_KEYS:
         assert getattr(back, key) == getattr(cfg, key), key
+
+
+FAKE_BUSYBOX = """#!/bin/sh
+# Records each applet call; findfs finds the root only when $FOUND is set.
+echo "$*" >> "$LOG"
+case "$1" in
+findfs) [ -n "$FOUND" ] && echo /dev/vda1 ;;
+insmod) [ "${2##*/}" != "$BROKEN" ] ;;
+cut) echo 1.25 ;;
+reboot|poweroff|halt) kill -TERM $PPID ;;  # they do not return
+esac
+"""
+
+
+def _run_stage_one(tmp_path: Path, script: str, found: bool) -> tuple[list[str], str]:
+    """Run /init under busybox sh with a fake busybox: the applets it calls, and what it
+    says on the console."""
+    fake = tmp_path / "fake-busybox"
+    fake.write_text(FAKE_BUSYBOX)
+    fake.chmod(0o755)
+    log = tmp_path / "calls"
+    log.write_text("")
+    script = script.replace("b=/usr/bin/busybox\n", f"b={fake}\n")
+    env = {"LOG": str(log), "FOUND": "1" if found else "", "BROKEN": "jbd2.ko", "PATH": "/bin"}
+    run = subprocess.run(["busybox", "sh", "-c", script], env=env, capture_output=True, text=True)
+    return log.read_text().splitlines(), run.stdout
+
+
+def test_stage_one_runs_in_order_and_fails_into_the_failure_action(tmp_path: Path) -> None:
+    root = machine(tmp_path, ROOT_MOUNT)
+    script = _plan(root, config.Config(failure_action="poweroff"))[1]
+    calls, said = _run_stage_one(tmp_path, script, found=True)
+    words = [c.split()[0] for c in calls]
+    assert words[:3] == ["mount"] * 3 and calls[0] == "mount -t proc proc /proc"
+    assert words.index("findfs") > max(i for i, w in enumerate(words) if w == "insmod")
+    assert "mount -t ext4 /dev/vda1 /root" in calls
+    assert f"cp /{environment.SETTINGS} /root/run/kdumpd/capture.json" in calls
+    assert calls[-1].startswith("switch_root /root /usr/bin/py -I -c")
+    assert "kdumpd: root file system /dev/vda1 mounted after 1.25 s" in said
+    assert "FAILED" not in said
+
+    calls, said = _run_stage_one(tmp_path, script, found=False)
+    assert calls.count(f"findfs UUID={ROOT_UUID}") == int(init.DEVICE_TIMEOUT_S / 0.2)
+    assert calls[-1] == "poweroff -f" and not any(c.startswith("switch_root") for c in calls)
+    assert (
+        f"kdumpd: capture FAILED: no root file system (UUID {ROOT_UUID}) within 60 s "
+        "(modules that did not load: jbd2.ko)\nkdumpd: capture failed; poweroff\n"
+    ) in said

@@ -50,6 +50,8 @@ PACKAGES: tuple[str, ...] = (
     "util-linux",
     "zstd",
     "lvm2",
+    # What kdumpd's capture initramfs starts with (initramfs-tools recommends it too).
+    "busybox",
 )
 # Units that only cost boot time under TCG (or write to the disk behind the tests' back).
 MASKED_UNITS: tuple[str, ...] = (
