@@ -2,14 +2,20 @@
 
 The x86 boot header (Documentation/arch/x86/boot.rst) gives the image's version and its
 command-line limit; other architectures have no such header and get defaults. The kernel
-accepts any bytes as an initrd, so a truncated or overwritten one would load fine and
-only fail at crash time: its format is checked here instead.
+accepts any bytes as an initrd, and a truncated kernel image passes its checks too: both
+would load fine and only fail at crash time. unfit() is the one place that decides whether
+the copies about to be loaded are fit to boot.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 from pathlib import Path
+
+from kdumpd import kernel_image, packaged
+from kdumpd.loader import Image
 
 _HEADER_MAGIC_OFFSET = 0x202  # "HdrS"
 _VERSION_OFFSET = 0x206  # boot protocol version, u16
@@ -81,3 +87,27 @@ _INITRD_MAGIC = {
 def initrd_format(head: bytes) -> str | None:
     """The initrd's format from its first bytes, or None when it is none the kernel knows."""
     return next((name for magic, name in _INITRD_MAGIC.items() if head.startswith(magic)), None)
+
+
+def unfit(kernel: Image, initrd: Image | None, machine: str, sysroot: Path) -> str | None:
+    """Why these copies must not replace the loaded crash kernel, or None when they may."""
+    if initrd and initrd_format(os.pread(initrd.fd, 8, 0)) is None:
+        return (
+            f"{initrd.path} is not an initramfs (no cpio or compressed archive the kernel "
+            "can unpack); refusing to load it"
+        )
+    if not kernel.size:
+        return f"refusing to load {kernel.path}: it is empty"
+    refused = f"refusing to load {kernel.path}"
+    with mmap.mmap(kernel.fd, kernel.size, prot=mmap.PROT_READ) as data:
+        try:
+            kernel_image.check(data, machine)
+        except kernel_image.BadImage as e:
+            owner = packaged.dpkg_md5(sysroot, kernel.path)
+            fix = packaged.reinstall(owner[0]) if owner else "install or build it again"
+            return f"{refused}: {e}; {fix}"
+        try:
+            packaged.check(sysroot, kernel.path, data)
+        except packaged.Modified as e:
+            return f"{refused}: {e}"
+    return None

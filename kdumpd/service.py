@@ -377,11 +377,10 @@ class Daemon:
         except OSError as e:
             raise Failure("failed", f"cannot read {e.filename}: {e.strerror}") from None
         try:
-            if initrd and images.initrd_format(os.pread(initrd.fd, 8, 0)) is None:
-                raise ValueError(
-                    f"{initrd.path} is not an initramfs (no cpio or compressed "
-                    "archive the kernel can unpack); refusing to load it"
-                )
+            if reason := images.unfit(kernel, initrd, self.kexec.machine, self.sysroot):
+                if self.kexec.loaded():
+                    reason += f" (the loaded crash kernel {self.status.KernelVersion} stays loaded)"
+                raise ValueError(reason)
             running = (self.sysroot / "proc/cmdline").read_text().strip()
             limit = images.cmdline_max(os.pread(kernel.fd, 0x8000, 0))
             line = cmdline.build(

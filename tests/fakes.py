@@ -15,10 +15,11 @@ from typing import Any
 from kdumpd import config, cpio, environment
 from kdumpd.loader import KEXEC_FILE_ON_CRASH, KEXEC_FILE_UNLOAD, Kexec, KexecError
 from kdumpd.service import Daemon
+from tests.bzimage import SIGNATURE, bzimage, xz
 
 GIB = 1 << 30
 MIB = 1 << 20
-KERNEL = b"MZ fake kernel image " * 512
+KERNEL = bzimage(xz())
 INITRD = b"\x1f\x8b fake initrd " * 4096
 V = "6.1.0-28-amd64"  # the running kernel in a fake machine
 
@@ -81,9 +82,10 @@ class FakeKexec(Kexec):
         initrd = os.pread(initrd_fd, 1 << 20, 0) if initrd_fd >= 0 else b""
         self.calls.append(f"load {len(kernel)} {len(initrd)}")
         reserved = int((self.sysroot / "sys/kernel/kexec_crash_size").read_text())
-        if not kernel.startswith(b"MZ"):
+        # bzImage64_probe: a boot header, and a kernel that runs in 64-bit mode.
+        if kernel[0x202:0x206] != b"HdrS" or not kernel[0x236] & 0x1:
             raise KexecError(errno.ENOEXEC, what)
-        if kernel.startswith(b"MZ badly signed"):  # as under KEXEC_SIG_FORCE
+        if kernel.endswith(SIGNATURE):  # signed, but not by a key it trusts (KEXEC_SIG_FORCE)
             raise KexecError(errno.EKEYREJECTED, what)
         if reserved < len(kernel) + len(initrd):
             raise KexecError(errno.EADDRNOTAVAIL, what)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 
 from kdumpd import kernels
-from tests.fakes import GIB, KERNEL, MIB, Machine, V
+from tests.bzimage import bzimage, xz
+from tests.fakes import GIB, INITRD, KERNEL, MIB, Machine, V
+
+NOT_64_BIT = bzimage(xz(), xloadflags=0)  # well formed, but bzImage64_probe refuses it
 
 
 def test_loads_the_running_kernel(tmp_path: Path) -> None:
@@ -80,7 +84,7 @@ def test_broken_config_keeps_the_loaded_kernel(tmp_path: Path) -> None:
     assert s.State == "loaded" and s.CrashKernelLoaded and m.kernel_says_loaded()
     assert "keep_dumps" in s.LastError and f"{m.config}:2" in s.LastError
     assert s.LastLoadUsec == first.LastLoadUsec
-    assert m.kexec.calls == ["load 10752 61440"]
+    assert m.kexec.calls == [f"load {len(KERNEL)} {len(INITRD)}"]
 
 
 def test_broken_config_with_nothing_loaded_fails(tmp_path: Path) -> None:
@@ -94,26 +98,80 @@ def test_broken_config_with_nothing_loaded_fails(tmp_path: Path) -> None:
 def test_refused_kernel_brings_back_the_last_good_one(tmp_path: Path) -> None:
     m = Machine(tmp_path, system=True)
     m.daemon.reload()
-    (m.root / f"boot/vmlinuz-{V}").write_bytes(b"garbage")
+    (m.root / f"boot/vmlinuz-{V}").write_bytes(NOT_64_BIT)
     m.daemon.reload()
     s = m.daemon.status
     assert s.State == "loaded" and s.CrashKernelLoaded and m.kernel_says_loaded()
     assert "does not recognise the image format" in s.LastError
     assert "previous crash kernel" in s.LastError
-    assert m.kexec.loaded_kernel == KERNEL[: 1 << 20]
-    assert m.kexec.calls == ["load 10752 61440", "load 7 61440", "load 10752 61440"]
+    assert m.kexec.loaded_kernel == KERNEL
+    good, refused = f"load {len(KERNEL)} {len(INITRD)}", f"load {len(NOT_64_BIT)} {len(INITRD)}"
+    assert m.kexec.calls == [good, refused, good]
+
+
+@pytest.mark.parametrize(
+    ("image", "says"),
+    [
+        (KERNEL[: len(KERNEL) // 2], "it is truncated: its header says"),
+        (KERNEL[:-1], "it is truncated"),
+        (KERNEL[:-4096], "it is truncated"),
+        (b"garbage", "it is not an x86 bzImage"),
+        (KERNEL[:0x300] + bytes([KERNEL[0x300] ^ 1]) + KERNEL[0x301:], "it is damaged: the CRC"),
+    ],
+)
+def test_a_bad_kernel_image_is_refused_and_the_loaded_one_stays(
+    tmp_path: Path, image: bytes, says: str
+) -> None:
+    """kexec_file_load would free the loaded crash kernel and take the bad one: the check
+    comes first, and nothing is unloaded."""
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    (m.root / f"boot/vmlinuz-{V}").write_bytes(image)
+    m.daemon.reload()
+    s = m.daemon.status
+    assert s.State == "loaded" and s.CrashKernelLoaded and m.kernel_says_loaded()
+    assert s.LastError.startswith(f"refusing to load {m.root}/boot/vmlinuz-{V}: {says}")
+    assert s.LastError.endswith(f"(the loaded crash kernel {V} stays loaded)")
+    assert m.kexec.calls == [f"load {len(KERNEL)} {len(INITRD)}"]
+    assert m.kexec.loaded_kernel == KERNEL
+
+
+def test_a_packaged_kernel_that_was_changed_is_refused(tmp_path: Path) -> None:
+    m = Machine(tmp_path)
+    info = m.root / "var/lib/dpkg/info"
+    info.mkdir(parents=True)
+    md5 = hashlib.md5(KERNEL).hexdigest()
+    (info / f"linux-image-{V}.md5sums").write_text(f"{md5}  boot/vmlinuz-{V}\n")
+    m.daemon.reload()
+    assert m.daemon.status.State == "loaded"
+    changed = bzimage(xz(b"another kernel" * 1000))
+    (m.root / f"boot/vmlinuz-{V}").write_bytes(changed)
+    m.daemon.reload()
+    s = m.daemon.status
+    assert s.State == "loaded" and m.kexec.loaded_kernel == KERNEL
+    assert f"apt-get install --reinstall linux-image-{V}" in s.LastError
+    assert len(m.kexec.calls) == 1
+
+
+def test_a_bad_kernel_image_with_nothing_loaded_fails(tmp_path: Path) -> None:
+    m = Machine(tmp_path)
+    (m.root / f"boot/vmlinuz-{V}").write_bytes(KERNEL[:-100])
+    m.daemon.reload()
+    s = m.daemon.status
+    assert s.State == "failed" and not s.CrashKernelLoaded and m.kexec.calls == []
+    assert "it is truncated" in s.LastError and "stays loaded" not in s.LastError
 
 
 def test_rejected_signature_brings_back_the_last_good_one(tmp_path: Path) -> None:
     m = Machine(tmp_path)
     m.daemon.reload()
-    (m.root / f"boot/vmlinuz-{V}").write_bytes(b"MZ badly signed" + KERNEL)
+    (m.root / f"boot/vmlinuz-{V}").write_bytes(bzimage(xz(), signed=True))
     m.daemon.reload()
     s = m.daemon.status
     assert s.State == "loaded" and s.CrashKernelLoaded and m.kernel_says_loaded()
     assert "the kernel image's signature was rejected (EKEYREJECTED)" in s.LastError
     assert f"the previous crash kernel {V} was loaded again" in s.LastError
-    assert m.kexec.loaded_kernel == KERNEL[: 1 << 20] and len(m.kexec.calls) == 3
+    assert m.kexec.loaded_kernel == KERNEL and len(m.kexec.calls) == 3
 
 
 def test_refused_kernel_with_no_previous_one_fails(tmp_path: Path) -> None:

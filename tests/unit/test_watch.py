@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from kdumpd import watch
+from tests.bzimage import bzimage, xz
 from tests.fakes import INITRD, KERNEL, Machine, V
 
 
@@ -187,7 +188,7 @@ def test_a_failed_load_answers_a_request_made_during_it(
     """Same files, same error: the request gets that error, not a second try at it."""
     m = Machine(tmp_path)
     m.daemon.reload()
-    (m.root / f"boot/vmlinuz-{V}").write_bytes(b"garbage" * 100)
+    (m.root / f"boot/vmlinuz-{V}").write_bytes(bzimage(xz(), xloadflags=0))  # ENOEXEC
     _ask_during_the_next_load(m, monkeypatch)
     m.daemon.reload(force=False)
     m.daemon.reload(force=False)
