@@ -540,7 +540,7 @@ def _target_settings(t: Target) -> dict[str, object]:
 
 def plan(cfg: config.Config, version: str, sysroot: Path = Path("/"), python: str = "") -> Plan:
     """What the capture initramfs for kernel `version` holds, or Unreachable."""
-    python = python or os.path.realpath(sys.executable)
+    python = python or sys.executable  # /usr/bin/python3, not the version it points to now
     root = find_target(sysroot, Path("/"))
     target = find_target(sysroot, cfg.dump_path)
     if not (sysroot / python.lstrip("/")).is_file():

@@ -56,8 +56,9 @@ def test_a_stock_machine_captures_with_a_small_reservation(
     # The build came after the unit was up: the first start armed the machine's own boot.
     entries = _journal_entries(g, "kdumpd.service")
     started = next(int(e["__MONOTONIC_TIMESTAMP"]) for e in entries if "Started" in e["MESSAGE"])
-    built = [int(e["__MONOTONIC_TIMESTAMP"]) for e in entries if "initramfs built" in e["MESSAGE"]]
-    assert len(built) == 1 and built[0] > started, entries
+    built = [e for e in entries if "initramfs built" in e["MESSAGE"]]
+    assert len(built) == 1 and int(built[0]["__MONOTONIC_TIMESTAMP"]) > started, entries
+    print(built[0]["MESSAGE"])
 
     offset = g.console_offset()
     crash_and_come_back(g, "capture complete")

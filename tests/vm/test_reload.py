@@ -121,15 +121,32 @@ def test_garbage_initrd_keeps_the_last_good_crash_kernel(guest: Guest) -> None:
     wait_for(g, "initramfs again", lambda s: s["CaptureMode"] == "initramfs")
 
 
+# An image kdumpd's own check passes and the kernel refuses: the running kernel with
+# xloadflags' XLF_KERNEL_64 cleared (bzImage64_probe: "Not a 64-bit kernel") and build.c's
+# CRC written again to match, so that only the kernel can tell.
+_NOT_64_BIT = """
+import sys
+from kdumpd import kernel_image as k
+data = bytearray(open(sys.argv[1], "rb").read())
+data[0x236] &= ~1
+end = ((data[0x1F1] or 4) + 1) * 512 + int.from_bytes(data[0x1F4:0x1F8], "little") * 16
+crc = k._build_crc(bytes(data), end, k._pe_signature_fields(data))
+data[end - 4 : end] = crc.to_bytes(4, "little")
+k.check_bzimage(bytes(data))
+open(sys.argv[2], "wb").write(data)
+"""
+
+
 def test_refused_kernel_brings_back_the_last_good_one(guest: Guest) -> None:
     """The real kernel frees the loaded crash image before refusing the new one; kdumpd
     must load its copy of the last good one again."""
     g = guest
     # /opt: the daemon's unit hides /root (ProtectHome) and has its own /tmp (PrivateTmp).
-    g.run("head -c 8M /dev/urandom > /opt/garbage-vmlinuz")
+    g.write_file("/opt/not-64-bit.py", _NOT_64_BIT.encode())
+    g.run("python3 /opt/not-64-bit.py /boot/vmlinuz-$(uname -r) /opt/not-64-bit-vmlinuz")
     before = status(g)
     mark = cursor(g)
-    g.write_file("/etc/kdumpd/kdumpd.yaml", b"kernel_image: /opt/garbage-vmlinuz\n")
+    g.write_file("/etc/kdumpd/kdumpd.yaml", b"kernel_image: /opt/not-64-bit-vmlinuz\n")
     try:
         wait_for(g, "the refusal", lambda s: "previous crash kernel" in s["LastError"])
         s = status(g)
@@ -142,6 +159,31 @@ def test_refused_kernel_brings_back_the_last_good_one(guest: Guest) -> None:
     finally:
         g.write_file("/etc/kdumpd/kdumpd.yaml", b"")
     wait_for(g, "recovery", lambda s: s["LastError"] == "" and s["State"] == "loaded")
+
+
+def test_a_truncated_kernel_image_is_refused_and_protection_never_lapses(guest: Guest) -> None:
+    """Issue 11, defect 7: the loaded /boot/vmlinuz cut to half its size. The kernel's
+    bzImage loader would take it; kdumpd refuses it before the syscall, so the crash
+    kernel stays loaded the whole time (sampled every 0.1 s)."""
+    g = guest
+    image = status(g)["KernelImage"]
+    before = status(g)
+    g.run(f"cp -p {image} /opt/vmlinuz.good")
+    sampler = "for i in $(seq 150); do cat /sys/kernel/kexec_crash_loaded; sleep 0.1; done"
+    g.run(f"({sampler}; echo done) > /opt/samples 2>&1 &")
+    try:
+        g.run(f"head -c $(( $(stat -c %s {image}) / 2 )) /opt/vmlinuz.good > {image}")
+        wait_for(g, "the refusal", lambda s: "it is truncated" in s["LastError"])
+        s = status(g)
+        assert f"refusing to load {image}" in s["LastError"], s
+        assert "apt-get install --reinstall linux-image-" in s["LastError"], s
+        assert s["State"] == "loaded" and s["LastLoadUsec"] == before["LastLoadUsec"], s
+        g.run("until grep -q done /opt/samples; do sleep 0.2; done", timeout=120)
+    finally:
+        g.run(f"cp -p /opt/vmlinuz.good {image}")
+    wait_for(g, "recovery", lambda s: s["LastError"] == "" and s["State"] == "loaded")
+    samples = g.run("cat /opt/samples").stdout.split()[:-1]
+    assert len(samples) == 150 and set(samples) == {"1"}, samples
 
 
 def test_cpu_hotplug_reloads(guest: Guest) -> None:
