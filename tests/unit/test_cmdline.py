@@ -95,3 +95,13 @@ def test_user_remove_drops_a_default() -> None:
     params = cmdline.split(cmdline.build(DEBIAN, remove=("irqpoll", "numa")))
     assert "irqpoll" not in params and "numa=off" not in params
     assert "reset_devices" in params
+
+
+def test_the_limit_counts_bytes_not_characters() -> None:
+    line = cmdline.build(DEBIAN, append=("label=é",))
+    size = len(line.encode())
+    assert size == len(line) + 1
+    fits = size + cmdline.ELFCOREHDR_RESERVE
+    assert cmdline.build(DEBIAN, append=("label=é",), max_len=fits) == line
+    with pytest.raises(cmdline.CmdlineTooLong, match=rf"is {size} bytes; the kernel accepts"):
+        cmdline.build(DEBIAN, append=("label=é",), max_len=fits - 1)
