@@ -133,8 +133,8 @@ def _fifo(path: Path) -> None:
 
 
 def _socket(path: Path) -> None:
-    sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(path))  # stays bound until the test's process ends; the file is what counts
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))  # the socket file stays when the socket is closed
 
 
 def _zero(path: Path) -> None:
