@@ -252,7 +252,9 @@ def cmd_dumps(args: argparse.Namespace) -> int:
     if not found:
         print("no dumps saved")
     for d in found:
-        state = "complete" if d["Complete"] else f"INCOMPLETE: {d['Error']}"
+        state = "complete" if d["Complete"] else "INCOMPLETE"
+        if d["Error"]:  # a complete dump may have one too: its folder could not all be read
+            state += f": {d['Error']}"
         print(
             f"{d['Path']}  {_when(d['TimeUsec'])}  {d['KernelVersion']}  "
             f"{human_size(d['SizeBytes'])}  {state}"

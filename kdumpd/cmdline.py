@@ -134,10 +134,10 @@ def build(
         if _key(p) not in added_keys and not any(_matches(p, r) for r in (*REMOVE, *remove))
     ]
     result = " ".join(kept + added)
-    limit = max_len - ELFCOREHDR_RESERVE
-    if len(result) > limit:
+    size = len(result.encode())  # the kernel's limit is in bytes, not characters
+    if size > max_len - ELFCOREHDR_RESERVE:
         raise CmdlineTooLong(
-            f"capture command line is {len(result)} characters; the kernel accepts {max_len} "
+            f"capture command line is {size} bytes; the kernel accepts {max_len} "
             f"and needs {ELFCOREHDR_RESERVE} of them for elfcorehdr= (shorten it with "
             f"cmdline_remove): {result[:80]}..."
         )

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdumpd import safefile
 from kdumpd.sizes import SizeError, parse_size
 
 DEFAULT_PATH = Path("/etc/kdumpd/kdumpd.yaml")
+# The config is a few lines: anything bigger or deeper is a mistake, and reading or
+# composing it must not cost the daemon its memory or its stack.
+MAX_BYTES = 1 << 20
+MAX_DEPTH = 20
 
 COMPRESSIONS = ("lzo", "zstd", "zlib", "none")
 FINAL_ACTIONS = ("reboot", "poweroff", "halt")
@@ -53,12 +59,31 @@ class ConfigError(Exception):
         super().__init__("; ".join(str(p) for p in problems))
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 2
+_REPR.maxstring = _REPR.maxother = 60
+
+
+def _shown(value: Any) -> str:
+    """repr() bounded in length: a value may be huge, or multiplied by YAML aliases."""
+    return _REPR.repr(value)
+
+
+def _no_nul(value: str) -> str:
+    # Paths and command lines end at a NUL byte: the rest would silently be lost.
+    if "\0" in value:
+        raise ValueError(f"{_shown(value)} contains a NUL byte")
+    return value
+
+
 def _kernel(value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
         raise ValueError("must be 'running', 'latest' or a kernel version such as 6.1.0-28-amd64")
     if "/" in value:
-        raise ValueError(f"{value!r} is a path; a version is expected (use kernel_image for paths)")
-    return value
+        raise ValueError(
+            f"{_shown(value)} is a path; a version is expected (use kernel_image for paths)"
+        )
+    return _no_nul(value)
 
 
 def _optional_path(value: Any) -> Path | None:
@@ -70,9 +95,9 @@ def _optional_path(value: Any) -> Path | None:
 def _absolute_path(value: Any) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError("must be an absolute path")
-    path = Path(value)
+    path = Path(_no_nul(value))
     if not path.is_absolute():
-        raise ValueError(f"{value!r} is a relative path; an absolute path is required")
+        raise ValueError(f"{_shown(value)} is a relative path; an absolute path is required")
     return path
 
 
@@ -88,7 +113,10 @@ def _words(value: Any) -> tuple[str, ...]:
         raise ValueError("must be a list of strings")
     for word in value:
         if any(c.isspace() for c in word):
-            raise ValueError(f"{word!r} contains white space; give one parameter per list item")
+            raise ValueError(
+                f"{_shown(word)} contains white space; give one parameter per list item"
+            )
+        _no_nul(word)
     return tuple(value)
 
 
@@ -109,20 +137,20 @@ def _size(value: Any) -> int:
 
 def _count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{value!r} is not a whole number >= 0")
+        raise ValueError(f"{_shown(value)} is not a whole number >= 0")
     return value
 
 
 def _dump_level(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 31:
-        raise ValueError(f"{value!r} is not a makedumpfile dump level (0 to 31)")
+        raise ValueError(f"{_shown(value)} is not a makedumpfile dump level (0 to 31)")
     return value
 
 
 def _choice(choices: tuple[str, ...]) -> Any:
     def check(value: Any) -> str:
         if value not in choices:
-            raise ValueError(f"{value!r} is not one of: {', '.join(choices)}")
+            raise ValueError(f"{_shown(value)} is not one of: {', '.join(choices)}")
         return str(value)
 
     return check
@@ -146,12 +174,35 @@ _FIELDS: dict[str, Any] = {
 }
 
 
-def parse(text: str, path: Path) -> Config:
-    """Build a Config from YAML text; raise ConfigError listing every problem found."""
+def _compose(text: str) -> Any:
+    """yaml.compose, refusing nesting deeper than MAX_DEPTH before PyYAML's recursive
+    composer (and the constructor after it) could run out of stack."""
     import yaml  # here: the capture initramfs uses Config and has no PyYAML
 
+    class Loader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.depth == MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    problem=f"nested more than {MAX_DEPTH} levels deep",
+                    problem_mark=parent.start_mark,  # the collection that is too deep
+                )
+            self.depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return yaml.compose(text, Loader=Loader)
+
+
+def parse(text: str, path: Path) -> Config:
+    """Build a Config from YAML text; raise ConfigError listing every problem found."""
+    import yaml
+
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = _compose(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 0
@@ -193,11 +244,13 @@ def parse(text: str, path: Path) -> Config:
 def load(path: Path = DEFAULT_PATH) -> Config:
     """Read the config file; a missing default file means all defaults."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = safefile.read(path, MAX_BYTES).decode("utf-8")
     except FileNotFoundError:
         if path == DEFAULT_PATH:
             return Config(path=path)
         raise ConfigError([Problem(path, 0, "", "no such file")]) from None
+    except safefile.Refused as e:
+        raise ConfigError([Problem(path, 0, "", str(e))]) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([Problem(path, 0, "", f"cannot be read: {e}")]) from None
     return parse(text, path)

@@ -10,7 +10,8 @@ DEBIAN = "BOOT_IMAGE=/boot/vmlinuz-6.1.0-28-amd64 root=UUID=1234 ro quiet crashk
 def test_removes_what_must_not_reach_the_crash_kernel() -> None:
     line = cmdline.build(
         DEBIAN + " hugepages=64 hugepagesz=2M default_hugepagesz=2M nr_cpus=4 "
-        "systemd.unit=graphical.target log_buf_len=1M"
+        "systemd.unit=graphical.target log_buf_len=1M rd.systemd.unit=emergency.target "
+        "elfcorehdr=0x7f000000"
     )
     params = cmdline.split(line)
     assert "root=UUID=1234" in params and "ro" in params
@@ -22,6 +23,8 @@ def test_removes_what_must_not_reach_the_crash_kernel() -> None:
         "default_hugepagesz",
         "BOOT_IMAGE",
         "log_buf_len",
+        "rd.systemd.unit",  # would boot the initramfs into another target than capture
+        "elfcorehdr",  # the kernel appends the right one; a second would win or confuse
     ):
         assert gone not in [cmdline.name(p) for p in params], gone
     assert params.count("nr_cpus=1") == 1 and "nr_cpus=4" not in params
@@ -37,15 +40,34 @@ def test_the_capture_initramfs_gets_its_own_init_and_no_systemd_parameters() -> 
     assert "nr_cpus" in names and "reset_devices" in names
 
 
-def test_adds_what_capture_needs() -> None:
-    params = cmdline.split(cmdline.build(DEBIAN))
-    for needed in ("irqpoll", "nr_cpus=1", "reset_devices", "mce=off", "panic=10"):
-        assert needed in params
+# Spelled out, not read from cmdline.APPEND: dropping one there must fail a test.
+CAPTURE_NEEDS = (
+    "irqpoll",
+    "nr_cpus=1",
+    "reset_devices",
+    "panic=10",
+    "cgroup_disable=memory",
+    "transparent_hugepage=never",
+    "novmcoredd",
+    "cma=0",
+    "hugetlb_cma=0",
+    "usbcore.nousb",
+)
+X86_ONLY = ("mce=off", "numa=off", "acpi_no_memhotplug", "hest_disable", "nokaslr")
 
 
-def test_x86_only_parameters_stay_off_other_machines() -> None:
-    params = cmdline.split(cmdline.build(DEBIAN, machine="aarch64"))
-    assert "mce=off" not in params and "irqpoll" in params
+@pytest.mark.parametrize("system", [True, False])
+def test_adds_what_capture_needs(system: bool) -> None:
+    params = cmdline.split(cmdline.build(DEBIAN, system=system))
+    for needed in (*CAPTURE_NEEDS, *X86_ONLY):
+        assert params.count(needed) == 1, needed
+
+
+@pytest.mark.parametrize("machine", ["aarch64", "ppc64le", "s390x", "riscv64", "loongarch64"])
+def test_x86_only_parameters_stay_off_other_machines(machine: str) -> None:
+    params = cmdline.split(cmdline.build(DEBIAN, machine=machine))
+    assert not set(X86_ONLY) & set(params), params
+    assert set(CAPTURE_NEEDS) <= set(params)
 
 
 def test_user_remove_and_append() -> None:
@@ -70,9 +92,10 @@ def test_too_long_is_refused_with_numbers() -> None:
     long = DEBIAN + " " + " ".join(f"opt{i}=value{i}" for i in range(200))
     with pytest.raises(cmdline.CmdlineTooLong, match=r"the kernel accepts 2047"):
         cmdline.build(long)
-    short_limit = len(cmdline.build(DEBIAN)) + cmdline.ELFCOREHDR_RESERVE
+    # 32 bytes stay free for the " elfcorehdr=0x<address>" the kernel appends.
+    short_limit = len(cmdline.build(DEBIAN)) + 32
     assert cmdline.build(DEBIAN, max_len=short_limit)
-    with pytest.raises(cmdline.CmdlineTooLong):
+    with pytest.raises(cmdline.CmdlineTooLong, match="needs 32 of them for elfcorehdr="):
         cmdline.build(DEBIAN, max_len=short_limit - 1)
 
 
@@ -95,3 +118,13 @@ def test_user_remove_drops_a_default() -> None:
     params = cmdline.split(cmdline.build(DEBIAN, remove=("irqpoll", "numa")))
     assert "irqpoll" not in params and "numa=off" not in params
     assert "reset_devices" in params
+
+
+def test_the_limit_counts_bytes_not_characters() -> None:
+    line = cmdline.build(DEBIAN, append=("label=é",))
+    size = len(line.encode())
+    assert size == len(line) + 1
+    fits = size + 32
+    assert cmdline.build(DEBIAN, append=("label=é",), max_len=fits) == line
+    with pytest.raises(cmdline.CmdlineTooLong, match=rf"is {size} bytes; the kernel accepts"):
+        cmdline.build(DEBIAN, append=("label=é",), max_len=fits - 1)

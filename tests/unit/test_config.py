@@ -1,5 +1,10 @@
 """Config parsing: defaults, every key, and bad input reported with file, line and key."""
 
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -121,3 +126,118 @@ def test_binary_file_is_an_error(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(config.ConfigError, match=str(path)):
         config.load(path)
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _socket(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))  # the socket file stays when the socket is closed
+
+
+def _zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def _directory(path: Path) -> None:
+    path.mkdir()
+
+
+def _too_big(path: Path) -> None:
+    path.write_bytes(b"#" * (config.MAX_BYTES + 1))
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (_fifo, "is a FIFO, not a regular file"),
+        (_socket, "is a socket, not a regular file"),
+        (_zero, "is a character device, not a regular file"),
+        (_directory, "is a directory, not a regular file"),
+        (_too_big, "is larger than 1 MiB"),
+    ],
+)
+def test_a_config_that_is_not_a_small_regular_file_is_refused_unread(
+    tmp_path: Path, make: Callable[[Path], None], expected: str
+) -> None:
+    path = tmp_path / "kdumpd.yaml"
+    make(path)
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    assert [str(p) for p in info.value.problems] == [f"{path}: {expected}"]
+
+
+def test_a_config_of_the_limit_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "kdumpd.yaml"
+    text = "keep_dumps: 2\n"
+    path.write_text(text + "#" * (config.MAX_BYTES - len(text) - 1) + "\n")
+    assert path.stat().st_size == config.MAX_BYTES
+    assert config.load(path).keep_dumps == 2
+
+
+def _nested(depth: int) -> str:
+    """A block mapping nested `depth` levels below the root mapping, one key per line."""
+    return "keep_dumps:\n" + "".join(f"{'  ' * i}k{i}:\n" for i in range(1, depth + 1))
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("kernel: " + "[" * 300 + "]" * 300 + "\n", 1),
+        ("kernel: " + "{a: " * 300 + "}" * 300 + "\n", 1),
+        (_nested(600), config.MAX_DEPTH),
+    ],
+)
+def test_deep_nesting_is_an_error_with_its_line(text: str, line: int) -> None:
+    assert problems(text) == [
+        f"/etc/kdumpd/kdumpd.yaml:{line}: not valid YAML: nested more than 20 levels deep"
+    ]
+
+
+def test_nesting_up_to_the_limit_reaches_the_checks() -> None:
+    # The root mapping is one level, keep_dumps' value the next; k1..k18 fill the rest.
+    (found,) = problems(_nested(config.MAX_DEPTH - 2))
+    assert "keep_dumps: {'k1': {'k2': {...}}} is not a whole number" in found
+
+
+def test_kdumpd_check_prints_a_deep_config_as_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "kdumpd.yaml"
+    path.write_text("kernel: " + "[" * 5000 + "]" * 5000 + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "kdumpd.cli", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert f"error: {path}:1: not valid YAML: nested more than 20 levels deep\n" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            'cmdline_append: ["nr_cpus=2", "a\\0b"]\n',
+            "cmdline_append: 'a\\x00b' contains a NUL byte",
+        ),
+        ('cmdline_remove: ["quiet\\0"]\n', "cmdline_remove: 'quiet\\x00' contains a NUL byte"),
+        ('makedumpfile_args: ["-d\\0"]\n', "makedumpfile_args: '-d\\x00' contains a NUL byte"),
+        ('dump_path: "/var/crash\\0x"\n', "dump_path: '/var/crash\\x00x' contains a NUL byte"),
+        ('kernel: "6.1\\0"\n', "kernel: '6.1\\x00' contains a NUL byte"),
+    ],
+)
+def test_nul_bytes_are_an_error_naming_the_key(text: str, expected: str) -> None:
+    (found,) = problems(text)
+    assert found == f"/etc/kdumpd/kdumpd.yaml:1: {expected}"
+
+
+def test_a_value_multiplied_by_aliases_is_shown_short() -> None:
+    # 10**6 list items from a few lines: the message must not spell them all out.
+    text = "a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n"
+    for name, prev in zip("bcde", "abcd", strict=True):
+        text += f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]\n"
+    (found,) = [p for p in problems(text + "compression: *e\n") if ": compression: " in p]
+    assert found.endswith("is not one of: lzo, zstd, zlib, none")
+    assert len(found) < 1000, found  # unbounded, it would be megabytes

@@ -1,0 +1,58 @@
+"""Reading a small file that may not be what its name says: a FIFO, a device, a symlink to
+/dev/zero, or far too big. Never blocks, never reads more than asked, never follows a
+symlink it was told not to."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from kdumpd.sizes import human_size
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
+
+
+class Refused(OSError):
+    """The file is not a regular file of at most the size asked for; str() says why."""
+
+
+def check_regular(mode: int) -> None:
+    for test, kind in _KINDS:
+        if test(mode):
+            raise Refused(f"is {kind}, not a regular file")
+
+
+def read(
+    path: Path | str, limit: int, *, dir_fd: int | None = None, follow_symlinks: bool = True
+) -> bytes:
+    """The whole file, at most `limit` bytes. O_NONBLOCK: opening a FIFO or a tty must not
+    wait for a writer; fstat then refuses them before anything is read."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, dir_fd=dir_fd)
+    except OSError as e:
+        # ELOOP: the symlink O_NOFOLLOW refused; ENXIO: a socket. Say what the file is.
+        if e.errno in (errno.ELOOP, errno.ENXIO):
+            check_regular(os.stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks).st_mode)
+        raise
+    try:
+        check_regular(os.fstat(fd).st_mode)
+        data = b""
+        while len(data) <= limit and (chunk := os.read(fd, limit + 1 - len(data))):
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise Refused(f"is larger than {human_size(limit)}")
+    return data
