@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kdumpd import UserError, cmdline, config, environment, kernels, reservation
+from kdumpd import UserError, cmdline, config, environment, images, kernels, reservation
 from kdumpd.sizes import SizeError, format_size, human_size, parse_size
 
 EXIT_OK = 0
@@ -119,10 +119,11 @@ def _capture_sizes(
     cfg: config.Config, files: kernels.KernelFiles, sysroot: Path
 ) -> tuple[str, int, int, str]:
     """As the daemon arms it: the capture mode, its initrd's size as loaded and unpacked
-    (0: the machine's, estimated), and why the mode is "system"."""
+    (0: not known, estimated), and why the mode is "system"."""
     plan, why = environment.choose(cfg, files.version, sysroot)
     if plan is None:
-        return "system", files.sizes()[1], 0, why or "initrd: is set in the config"
+        unpacked = images.initrd_unpacked(files.initrd)
+        return "system", files.sizes()[1], unpacked, why or "initrd: is set in the config"
     packed, unpacked = environment.sizes(plan)
     return "initramfs", packed, unpacked, ""
 
@@ -149,7 +150,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         kernel_size = initrd_size = unpacked = 0
         mode = "system"
     res = reservation.read_reservation(sysroot)
-    recommended = reservation.recommended_bytes(res.ram_bytes, kernel_size, initrd_size, unpacked)
+    recommended = reservation.recommended_bytes(
+        res.ram_bytes, kernel_size, initrd_size, unpacked, mode
+    )
     verdict = reservation.assess(res, recommended, cfg.min_reservation)
     print(
         f"reservation: {human_size(res.reserved_bytes)}, capture needs about "
@@ -208,11 +211,12 @@ def cmd_crashkernel(args: argparse.Namespace) -> int:
         cfg = config.Config()
     try:
         files, _ = kernels.choose(cfg, platform.release())
-        _, initrd_size, unpacked, _ = _capture_sizes(cfg, files, Path("/"))
+        mode, initrd_size, unpacked, _ = _capture_sizes(cfg, files, Path("/"))
         kernel_size = files.sizes()[0]
     except (kernels.KernelNotFound, OSError):
         kernel_size = initrd_size = unpacked = 0
-    recommended = reservation.recommended_bytes(ram, kernel_size, initrd_size, unpacked)
+        mode = "system"
+    recommended = reservation.recommended_bytes(ram, kernel_size, initrd_size, unpacked, mode)
     verdict = reservation.assess(res, recommended)
     params = {kind: p.text for kind, p in res.params.items()}
     if args.json:

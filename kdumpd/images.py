@@ -15,6 +15,7 @@ import struct
 from pathlib import Path
 
 from kdumpd import kernel_image, packaged
+from kdumpd.kernel_image import Data
 from kdumpd.loader import Image
 
 _HEADER_MAGIC_OFFSET = 0x202  # "HdrS"
@@ -111,3 +112,104 @@ def unfit(kernel: Image, initrd: Image | None, machine: str, sysroot: Path) -> s
         except packaged.Modified as e:
             return f"{refused}: {e}"
     return None
+
+
+# --- How big an initramfs is once unpacked ---------------------------------------------
+# init/initramfs.c unpacks the archives one after another into the root tmpfs; the
+# compressed main archive comes last (after uncompressed early cpio archives). The
+# formats below say their unpacked size without being decompressed; the others do not.
+
+_CPIO_HEADER = 110
+GZIP_PLAUSIBLE_RATIO = 16
+_ZSTD_BLOCK_MAX = 128 << 10  # RFC 8878 Block_Maximum_Size: zstd cuts its input this fine
+
+
+def _align4(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def _cpio_end(data: Data, at: int) -> tuple[int, int]:
+    """Where the newc archive at `at` ends (after its TRAILER!!!), and its files' bytes."""
+    files = 0
+    while True:
+        header = bytes(data[at : at + _CPIO_HEADER])
+        if len(header) < _CPIO_HEADER or not header.startswith(b"07070"):
+            raise ValueError(f"cpio header expected at {at}")
+        size, namesize = int(header[54:62], 16), int(header[94:102], 16)
+        name = bytes(data[at + _CPIO_HEADER : at + _CPIO_HEADER + namesize - 1])
+        at = _align4(at + _CPIO_HEADER + namesize)
+        at = _align4(at + size)
+        files += size
+        if name == b"TRAILER!!!":
+            return at, files
+
+
+def _zstd_unpacked(data: Data, at: int) -> int:
+    """A bound on what the zstd frames from `at` to the end unpack to: the frame header's
+    content size where it has one, else its blocks': raw and RLE blocks say their size,
+    a compressed block unpacks to at most 128 KiB, and the zstd tool fills every block
+    but the last."""
+    total = 0
+    while at + 6 <= len(data):
+        magic = bytes(data[at : at + 4])
+        if magic[1:] == b"\x2a\x4d\x18" and 0x50 <= magic[0] <= 0x5F:  # a skippable frame
+            at += 8 + int.from_bytes(data[at + 4 : at + 8], "little")
+            continue
+        if magic != kernel_image.ZSTD_MAGIC:
+            break  # padding after the last frame
+        frame = kernel_image.zstd_frame(data, at)
+        bound = sum(
+            _ZSTD_BLOCK_MAX if kind == kernel_image.ZSTD_COMPRESSED else size
+            for kind, size in frame.blocks
+        )
+        total += bound if frame.content_size is None else frame.content_size
+        at = frame.end
+    return total
+
+
+def _xz_unpacked(data: Data, at: int) -> int:
+    """From the index of the xz stream from `at` to the end of the file."""
+    end = len(data)
+    while end > 12 and bytes(data[end - 4 : end]) == b"\0\0\0\0":  # stream padding
+        end -= 4
+    records, _ = kernel_image.xz_index(data[at:end])
+    return sum(uncompressed for _, uncompressed in records)
+
+
+def unpacked_size(data: Data) -> int | None:
+    """The initramfs's size once unpacked, or None when a part's format does not say
+    (bzip2, lzma, lzo, lz4) or the file is damaged."""
+    at = total = 0
+    try:
+        while at < len(data):
+            fmt = initrd_format(bytes(data[at : at + 6]))
+            if data[at : at + 4] == b"\0\0\0\0":  # padding between archives
+                at += 4
+            elif fmt == "cpio":
+                at, files = _cpio_end(data, at)
+                total += files
+            elif fmt == "zstd":
+                return total + _zstd_unpacked(data, at)
+            elif fmt == "xz":
+                return total + _xz_unpacked(data, at)
+            elif fmt == "gzip":  # RFC 1952 ISIZE: the size modulo 4 GiB, of the last member
+                size = int.from_bytes(data[len(data) - 4 :], "little")
+                # deflate's own limit is 1032:1; an archive of programs and modules is
+                # far from it, and a damaged trailer says nothing.
+                return total + size if size <= GZIP_PLAUSIBLE_RATIO * (len(data) - at) else None
+            else:
+                return None
+    except (ValueError, IndexError, kernel_image.BadImage):
+        return None
+    return total
+
+
+def initrd_unpacked(path: Path | None) -> int:
+    """unpacked_size of an initrd file; 0 when there is none or its format does not say."""
+    if path is None:
+        return 0
+    try:
+        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as data:
+            return unpacked_size(data) or 0
+    except (OSError, ValueError):  # unreadable, or empty (mmap of 0 bytes)
+        return 0

@@ -26,6 +26,7 @@ import re
 import struct
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 Data = bytes | mmap.mmap
 
@@ -167,29 +168,40 @@ def _check_payload(payload: bytes, init_size: int) -> None:
         raise BadImage(f"its {name} kernel is cut short") from None
 
 
-def _xz(stream: bytes, size: int) -> None:
-    """The .xz file format 1.0.4: stream header, block headers, index and footer, each with
-    its CRC32, and the sizes the index lists add up to the stream and to `size`."""
+def xz_index(stream: Data) -> tuple[list[tuple[int, int]], int]:
+    """The index of an xz stream that ends at the end of `stream` (.xz file format 1.0.4):
+    each block's unpadded and uncompressed size, and where the index starts. The footer
+    and the index are checked against their CRC32s."""
     flags = stream[6:8]
-    if _u32(stream, 8) != zlib.crc32(flags):
-        raise BadImage("its xz stream header is damaged")
-    footer = stream[-12:]
+    footer = bytes(stream[-12:])
     if footer[10:] != b"YZ" or footer[8:10] != flags or _u32(footer, 0) != zlib.crc32(footer[4:10]):
         raise BadImage("its xz stream does not end in a stream footer: it is cut or damaged")
     index_size = (_u32(footer, 4) + 1) * 4
     index_start = len(stream) - 12 - index_size
-    index = stream[index_start : index_start + index_size]
+    index = bytes(stream[index_start : index_start + index_size])
     if (
         index_start < 12
         or index[:1] != b"\0"
         or _u32(index, index_size - 4) != zlib.crc32(index[:-4])
     ):
         raise BadImage("its xz index is damaged")
-    records, at = _vli(index, 1)
-    block, unpacked = 12, 0
-    for _ in range(records):
+    count, at = _vli(index, 1)
+    records = []
+    for _ in range(count):
         unpadded, at = _vli(index, at)
         uncompressed, at = _vli(index, at)
+        records.append((unpadded, uncompressed))
+    return records, index_start
+
+
+def _xz(stream: bytes, size: int) -> None:
+    """The stream header, each block header and the index with their CRC32s, and the
+    sizes the index lists add up to the stream and to `size`."""
+    if _u32(stream, 8) != zlib.crc32(stream[6:8]):
+        raise BadImage("its xz stream header is damaged")
+    records, index_start = xz_index(stream)
+    block, unpacked = 12, 0
+    for unpadded, uncompressed in records:
         header_size = (stream[block] + 1) * 4
         if _u32(stream, block + header_size - 4) != zlib.crc32(
             stream[block : block + header_size - 4]
@@ -217,31 +229,54 @@ def _vli(data: bytes, at: int) -> tuple[int, int]:
             raise BadImage("its xz index is damaged")
 
 
-def _zstd(stream: bytes, size: int) -> None:
-    """RFC 8878: one frame, its blocks walked by their headers to the last one, then the
-    content checksum when the frame header announces it, and nothing after."""
-    descriptor = stream[4]
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ZSTD_COMPRESSED = 2  # Block_Type: 0 raw, 1 RLE, 2 compressed (3 is reserved)
+
+
+@dataclass(frozen=True)
+class ZstdFrame:
+    content_size: int | None  # Frame_Content_Size, when the header has it
+    blocks: list[tuple[int, int]]  # Block_Type and Block_Size of each block
+    end: int  # the offset after the frame
+
+
+def zstd_frame(stream: Data, at: int) -> ZstdFrame:
+    """RFC 8878: the zstd frame at `at`, its blocks walked by their headers to the last one,
+    then the content checksum when the frame header announces it."""
+    descriptor = stream[at + 4]
     if descriptor & 0x08:
         raise BadImage("its zstd frame header is damaged (reserved bit set)")
     single = descriptor >> 5 & 1
-    at = 5 + (not single) + (0, 1, 2, 4)[descriptor & 3]
+    at += 5 + (not single) + (0, 1, 2, 4)[descriptor & 3]
     content = (single, 2, 4, 8)[descriptor >> 6]
+    declared = None
     if content:
         declared = int.from_bytes(stream[at : at + content], "little") + (content == 2) * 256
-        if declared & 0xFFFFFFFF != size:
-            raise BadImage(f"its zstd frame unpacks to {declared} bytes, the kernel says {size}")
     at += content
+    blocks = []
     while True:
         header = int.from_bytes(stream[at : at + 3], "little")
         kind, length = header >> 1 & 3, header >> 3
         if kind == 3 or len(stream) < at + 3:
             raise BadImage(f"its zstd block at {at} is damaged")
+        blocks.append((kind, length))
         at += 3 + (1 if kind == 1 else length)
         if header & 1:
             break
-    at += 4 * (descriptor >> 2 & 1)
-    if at != len(stream):
-        raise BadImage(f"its zstd frame ends at {at} of {len(stream)} bytes: it is cut or damaged")
+    return ZstdFrame(declared, blocks, at + 4 * (descriptor >> 2 & 1))
+
+
+def _zstd(stream: bytes, size: int) -> None:
+    """One frame, and nothing after it."""
+    frame = zstd_frame(stream, 0)
+    if frame.content_size is not None and frame.content_size & 0xFFFFFFFF != size:
+        raise BadImage(
+            f"its zstd frame unpacks to {frame.content_size} bytes, the kernel says {size}"
+        )
+    if frame.end != len(stream):
+        raise BadImage(
+            f"its zstd frame ends at {frame.end} of {len(stream)} bytes: it is cut or damaged"
+        )
 
 
 def _lz4(stream: bytes, size: int) -> None:
@@ -268,7 +303,7 @@ def _magic_only(stream: bytes, size: int) -> None:
 
 _PAYLOADS: dict[bytes, tuple[str, Callable[[bytes, int], None]]] = {
     b"\xfd7zXZ\x00": ("xz", _xz),
-    b"\x28\xb5\x2f\xfd": ("zstd", _zstd),
+    ZSTD_MAGIC: ("zstd", _zstd),
     b"\x1f\x8b": ("gzip", _gzip),
     b"\x02\x21\x4c\x18": ("lz4", _lz4),
     b"BZh": ("bzip2", _magic_only),

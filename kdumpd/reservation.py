@@ -443,17 +443,21 @@ def read_reservation(sysroot: Path = Path("/")) -> Reservation:
 
 
 # --- How much memory capture needs -------------------------------------------
-# Calibrated on a 1 GiB Debian 12 guest (kernel 6.1, 8.0 MiB bzImage, 5.8 MiB initrd,
-# QEMU TCG) with `make bench-reservation`: capture works at 112M (slowly, under memory
-# pressure) and 128M, and runs out of memory at 96M while unpacking the initramfs.
-# (Debian's kdump-tools is reported to need 120M on such a guest; not measured here.)
+# Calibrated with `make bench-reservation` on 1 GiB Debian 12 guests (kernel 6.1, 8.0 MiB
+# bzImage, QEMU TCG). Capture mode "system", on the tests' image (5.8 MiB initrd): works
+# at 112M (slowly, under memory pressure) and 128M, out of memory at 96M while unpacking
+# the initramfs. Capture mode "initramfs" on the stock image (1.8 MiB archive, 5.5 MiB
+# unpacked): works at 96M; at 88M the kernel itself runs out of memory before /init
+# (30 MiB available after its own 60 MiB, 13.7 MiB of it slab by then).
 
 # What the crash kernel holds from its first instant: Debian's 6.1 bzImage of 8.0 MiB
 # becomes 45 MiB of text, data, init and bss, plus ~13 MiB of early allocations (page
 # tables, memory map, per-CPU areas): 58 MiB, about 7x the image.
 KERNEL_IMAGE_FACTOR = 7
-# The compressed initramfs stays until it is unpacked into tmpfs at roughly 2x (zstd or
-# gzip on a cpio of binaries and modules): 3x in all at the peak.
+# The compressed initramfs stays until it is unpacked into tmpfs. Its unpacked size is
+# read from the file where the format says it (images.unpacked_size: cpio, gzip, xz,
+# zstd); otherwise it is taken as 2x (3x in all at the peak), as for the tests' image,
+# though Debian's stock initramfs unpacks to 4.2x (31.5 MiB of zstd, 132 MiB unpacked).
 INITRD_UNPACK_FACTOR = 3
 # The capture kernel's allocations later on with nr_cpus=1: slab, /proc/vmcore's ELF
 # headers, socket and block buffers.
@@ -463,7 +467,9 @@ KERNEL_RUNTIME_BYTES = 8 * MiB
 # was enough but slow; 64 MiB at 128M ran at full speed).
 CAPTURE_USERSPACE_BYTES = 40 * MiB
 # With kdumpd's own capture initramfs (kdumpd/environment.py) there is no systemd or udev:
-# Python running the capture and makedumpfile, and the page cache for writing the dump.
+# Python running the capture and makedumpfile, from the root file system's page cache
+# (reclaimable), and the page cache for writing the dump. With it the 1 GiB stock guest's
+# estimate is 96M, its measured minimum.
 INITRAMFS_USERSPACE_BYTES = 16 * MiB
 # makedumpfile keeps two bitmaps of one bit per 4K page of the crashed system's
 # RAM; in cyclic mode they are cut into pieces, so this is an upper bound.
@@ -495,18 +501,22 @@ def nice_size(n: int) -> int:
 
 
 def capture_estimate(
-    ram_bytes: int, kernel_size: int, initrd_size: int, unpacked_size: int = 0
+    ram_bytes: int,
+    kernel_size: int,
+    initrd_size: int,
+    unpacked_size: int = 0,
+    mode: str = "system",
 ) -> CaptureEstimate:
     """Estimate the crash reservation capture needs, part by part. `unpacked_size`: the
-    size of kdumpd's own capture initramfs unpacked; 0 for the machine's (capture mode
-    "system"), whose unpacked size is estimated and which boots systemd."""
+    initrd's size unpacked (images.unpacked_size); 0 when its format does not say, and it
+    is estimated. mode "initramfs" is kdumpd's own capture initramfs, "system" the
+    machine's initramfs, which boots systemd."""
     kernel = kernel_size * KERNEL_IMAGE_FACTOR
     bitmap = math.ceil(ram_bytes / _PAGE_BYTES * BITMAP_BITS_PER_PAGE / 8)
-    if unpacked_size:
-        initrd = initrd_size + unpacked_size
+    initrd = initrd_size + (unpacked_size or initrd_size * (INITRD_UNPACK_FACTOR - 1))
+    if mode == "initramfs":
         userspace, floor = INITRAMFS_USERSPACE_BYTES, 0
     else:
-        initrd = initrd_size * INITRD_UNPACK_FACTOR
         userspace, floor = CAPTURE_USERSPACE_BYTES, RECOMMENDED_FLOOR
     base = kernel + initrd + KERNEL_RUNTIME_BYTES + userspace + bitmap
     # The crash kernel spends 64 bytes of memmap per 4K page of its own memory,
@@ -525,10 +535,14 @@ def capture_estimate(
 
 
 def recommended_bytes(
-    ram_bytes: int, kernel_size: int, initrd_size: int, unpacked_size: int = 0
+    ram_bytes: int,
+    kernel_size: int,
+    initrd_size: int,
+    unpacked_size: int = 0,
+    mode: str = "system",
 ) -> int:
     """The crash reservation capture is estimated to need (see capture_estimate)."""
-    return capture_estimate(ram_bytes, kernel_size, initrd_size, unpacked_size).recommended
+    return capture_estimate(ram_bytes, kernel_size, initrd_size, unpacked_size, mode).recommended
 
 
 # --- Verdict ------------------------------------------------------------------

@@ -68,7 +68,7 @@ class Arming:
 
     mode: str  # "initramfs": kdumpd's capture initramfs; "system": the machine's own boot
     initrd: Path | None
-    unpacked: int  # bytes of kdumpd's initramfs unpacked; 0 for the machine's
+    unpacked: int  # bytes of the initrd unpacked; 0 when its format does not say
     why: str  # why "system", for LastError
 
 
@@ -301,7 +301,7 @@ class Daemon:
         kernel_size, _ = files.sizes()
         initrd_size = arming.initrd.stat().st_size if arming.initrd else 0
         recommended = reservation.recommended_bytes(
-            res.ram_bytes, kernel_size, initrd_size, arming.unpacked
+            res.ram_bytes, kernel_size, initrd_size, arming.unpacked, arming.mode
         )
         self._set(ReservedBytes=res.reserved_bytes, RecommendedBytes=recommended)
         verdict = reservation.assess(res, recommended, cfg.min_reservation)
@@ -330,7 +330,7 @@ class Daemon:
             why = reason and f"capture boots the system's own initramfs and systemd: {reason}"
             if why:
                 journal.send(journal.NOTICE, why, kernel_version=files.version)
-            return Arming("system", files.initrd, 0, why)
+            return Arming("system", files.initrd, images.initrd_unpacked(files.initrd), why)
         image = environment.find(plan, self.cache)
         if image is None and not self.kexec.loaded():
             self.unbuilt = plan
@@ -339,7 +339,7 @@ class Daemon:
                 "the capture initramfs is not built yet: the system's own boot is armed "
                 "until it is",
             )
-            return Arming("system", files.initrd, 0, "")
+            return Arming("system", files.initrd, images.initrd_unpacked(files.initrd), "")
         if image is None:
             image = self._build(plan)
         return Arming("initramfs", image.path, image.unpacked, "")

@@ -549,6 +549,17 @@ def test_capture_estimate_current_calibration() -> None:
     assert recommended_bytes(1 * G, 8222656, 6055542) == 128 * M
 
 
+def test_the_estimate_on_the_stock_guest_for_both_capture_modes() -> None:
+    """The sizes `make bench-reservation` measured against (README, "Memory"): kdumpd's
+    capture initramfs, and the stock Debian initramfs whose real unpacked size (132 MiB of
+    31.5 MiB zstd, read by images.unpacked_size) the factor of 3 would have missed."""
+    kernel = 8222656
+    assert recommended_bytes(1 * G, kernel, 1812668, 5767168, "initramfs") == 96 * M
+    assert recommended_bytes(4 * G, kernel, 1812668, 5767168, "initramfs") == 96 * M
+    assert recommended_bytes(1 * G, kernel, 33049709, 138876416) == 272 * M
+    assert recommended_bytes(1 * G, kernel, 33049709) == 208 * M  # the factor: too little
+
+
 def test_capture_estimate_parts_add_up() -> None:
     e = capture_estimate(64 * G, 12 * M, 40 * M)
     base = e.kernel + e.initrd + e.kernel_runtime + e.userspace + e.bitmap
