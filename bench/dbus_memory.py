@@ -6,7 +6,7 @@ and Ping, which GDBus answers without reaching our code). No assertions: numbers
     python -m bench.dbus_memory --fake [--calls N]    tests/dbus's daemon on a bus of its own
 
 Each kind is called N times as a warm-up first, so that caches and the allocator's pools
-are filled, then N times measured.
+are filled, then N times measured; then all kinds in turn, five rounds of N.
 """
 
 from __future__ import annotations
@@ -88,10 +88,12 @@ def growth_kib(connection: Gio.DBusConnection, pid: int, kinds: list[Calls], cal
 
 @contextlib.contextmanager
 def _fake_daemon() -> Iterator[str]:
-    """A private bus and the tests' daemon on a fake machine; yields the bus address."""
-    from tests.dbus.conftest import fake_service, private_bus
+    """A private bus and the tests' daemon on a fake machine with two saved dumps; yields
+    the bus address."""
+    from tests.dbus.conftest import fake_service, private_bus, write_dumps
 
-    with private_bus() as bus, fake_service(bus):
+    with private_bus() as bus, fake_service(bus) as service:
+        write_dumps(service)
         yield bus.address
 
 
@@ -108,6 +110,10 @@ def main() -> int:
         for name, call in KINDS.items():
             growth_kib(connection, pid, [call], args.calls)
             print(f"  {name:22} {growth_kib(connection, pid, [call], args.calls):+6d} KiB")
+        # A leak grows in every round; the allocator's own steps come once.
+        rounds = [growth_kib(connection, pid, list(KINDS.values()), args.calls) for _ in range(5)]
+        print(f"  all in turn, 5 rounds  {' '.join(f'{g:+d}' for g in rounds)} KiB")
+        print(f"RSS now: {rss_kib(pid) / 1024:.1f} MiB")
     return 0
 
 

@@ -249,6 +249,8 @@ class Worker:
 
 
 class KdumpObject:
+    """/org/kdumpd/Kdump1: what anyone may read, and the requests root or polkit admits."""
+
     def __init__(
         self, daemon: Daemon, worker: Worker, connection: Gio.DBusConnection, auth_timeout_s: float
     ) -> None:

@@ -169,6 +169,18 @@ def fake_service(
         print(err, file=sys.stderr)
 
 
+def write_dumps(service: Service) -> None:
+    """Two saved dumps in the service's dump path, for ListDumps to describe."""
+    for name in ("2026-12-01-101010-6.1.0-50-amd64", "2026-12-02-111111-6.1.0-50-amd64"):
+        folder = service.bus.workdir / "crash" / name
+        folder.mkdir(parents=True)
+        (folder / "metadata.json").write_text(
+            '{"time_usec": 1764583810000000, "kernel_version": "6.1.0-50-amd64",'
+            ' "panic_message": "Kernel panic - not syncing: sysrq triggered crash"}'
+        )
+        (folder / "vmcore").write_bytes(b"\0" * 4096)
+
+
 @pytest.fixture
 def service(bus: Bus, request: pytest.FixtureRequest) -> Iterator[Service]:
     """Parametrize indirectly with fake_service's keywords ({"polkit_timeout_s": 2})."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench.dbus_memory import KINDS, connect, daemon_pid, growth_kib
-from tests.dbus.conftest import Service
+from tests.dbus.conftest import Service, write_dumps
 
 # glibc raises its trim threshold once it frees a large mmapped chunk, and then keeps up
 # to twice that chunk of free heap: a one-time step of about 940 KiB, seen once per
@@ -15,21 +15,9 @@ from tests.dbus.conftest import Service
 FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
-def _dumps(service: Service) -> None:
-    """Two dumps to list, so that ListDumps builds replies."""
-    for name in ("2026-12-01-101010-6.1.0-50-amd64", "2026-12-02-111111-6.1.0-50-amd64"):
-        folder = service.bus.workdir / "crash" / name
-        folder.mkdir(parents=True)
-        (folder / "metadata.json").write_text(
-            '{"time_usec": 1764583810000000, "kernel_version": "6.1.0-50-amd64",'
-            ' "panic_message": "Kernel panic - not syncing: sysrq triggered crash"}'
-        )
-        (folder / "vmcore").write_bytes(b"\0" * 4096)
-
-
 @pytest.mark.parametrize("service", [{"env": FIXED_MALLOC}], indirect=True)
 def test_memory_is_flat_under_many_calls(service: Service) -> None:
-    _dumps(service)
+    write_dumps(service)
     connection = connect(service.bus.address)
     pid = daemon_pid(connection)
     calls = [KINDS[k] for k in ("Get State", "Get CrashKernelLoaded", "GetAll", "GetStatus")]
