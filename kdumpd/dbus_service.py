@@ -5,12 +5,17 @@ hand the work to one worker thread and return at once; State turns to "loading" 
 they return, and PropertiesChanged tells when the work is done (`kdumpd reload` waits
 for it). Reload requests pass through the watcher's coalescer first (kdumpd/watch.py).
 The worker posts status changes back to the main loop with GLib.idle_add.
+
+The object is registered with Gio directly, not with pydbus's register_object: a method
+handler must be able to answer later (the polkit check of Reload and Unload is an
+asynchronous call, answered when polkit answers, so no caller can stall the loop), every
+invocation must be given back to GLib once answered (see Call), and every failure must
+leave as a typed error. pydbus still gives the bus, the name and the client's proxies.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import queue
 import signal
 import threading
@@ -18,9 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gi.repository import GLib
+from gi.repository import Gio, GLib
 from pydbus import SystemBus
-from pydbus.generic import signal as dbus_signal
 
 from kdumpd import UserError, dumps, journal
 from kdumpd.service import Daemon, Status
@@ -62,17 +66,150 @@ INTROSPECTION = f"""
 </node>
 """
 
+_INTERFACE_INFO = Gio.DBusNodeInfo.new_for_xml(INTROSPECTION).interfaces[0]
+PROPERTIES = "org.freedesktop.DBus.Properties"
+
 ACTION_RELOAD = "org.kdumpd.Kdump1.reload"
 ACTION_UNLOAD = "org.kdumpd.Kdump1.unload"
 
+# The errors a method call can end with (README, "D-Bus"). Reload and Unload return at
+# once, so what goes wrong in the work itself (a broken config, a refused kernel) is not a
+# method error: State and LastError say it.
+ERROR_ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"  # the SPEC's name
+ERROR_FAILED = f"{INTERFACE}.Error.Failed"  # the daemon could not do it: a bug, say
 
-def _error(name: str) -> type[Exception]:
-    """An exception class that pydbus turns into the D-Bus error `name`."""
-    return type(name, (Exception,), {})
+# An interactive check waits for a person to type a password in an authentication agent;
+# after this long the caller is refused, so a forgotten agent holds nothing for ever.
+AUTH_TIMEOUT_S = 60.0
 
 
-AccessDenied = _error("org.freedesktop.DBus.Error.AccessDenied")
-InternalError = _error("org.kdumpd.Kdump1.Error.Internal")
+class Call:
+    """One method call on our object, answered exactly once.
+
+    With GLib before 2.84, g_dbus_connection_register_object_with_closures (what PyGObject
+    calls register_object) passes the closure the reference to the invocation that the
+    handler owns, and PyGObject takes it as borrowed; answering consumes only the
+    reference PyGObject adds for the call. So the invocation, with its message, arguments
+    and reply, was never freed: about 1.6 KB per call (pydbus issue 83). Once answered,
+    that one reference is given back here."""
+
+    def __init__(self, invocation: Gio.DBusMethodInvocation) -> None:
+        self._invocation = invocation
+        self.sender: str = invocation.get_sender()
+        self.method: str = invocation.get_method_name()
+
+    def answer(self, produce: Callable[[], GLib.Variant | None]) -> None:
+        """Reply with what `produce` returns; if it raises, with Error.Failed."""
+        try:
+            value = produce()
+        except Exception as e:  # a bug: the caller gets a typed error, the journal the details
+            journal.send(journal.ERR, f"internal error in {self.method} for {self.sender}: {e!r}")
+            self.fail(
+                ERROR_FAILED, f"{self.method} failed (internal error): {e or type(e).__name__}"
+            )
+        else:
+            self._invocation.return_value(value)
+            self._invocation._unref()
+
+    def fail(self, name: str, message: str) -> None:
+        self._invocation.return_dbus_error(name, message)
+        self._invocation._unref()
+
+
+class Authorizer:
+    """Who may call the privileged methods: root, and users that polkit authorizes.
+
+    Asks the bus who the caller is, then polkit, as asynchronous calls: the main loop
+    serves everyone else meanwhile, and the method's reply goes out when polkit answers."""
+
+    def __init__(self, connection: Gio.DBusConnection, timeout_s: float) -> None:
+        self._connection = connection
+        self._timeout_s = timeout_s
+
+    def check(self, call: Call, action: str, granted: Callable[[str], None]) -> None:
+        """Call `granted` with who the caller is (busctl[1234]) once it may do `action`;
+        otherwise answer the call with an error."""
+
+        def credentials(connection: Gio.DBusConnection, result: Gio.AsyncResult) -> None:
+            try:
+                creds = connection.call_finish(result).unpack()[0]
+            except GLib.Error as e:  # the caller has gone
+                call.fail(ERROR_ACCESS_DENIED, f"{action}: cannot tell who asks: {e.message}")
+                return
+            who = _who(call.sender, creds.get("ProcessID"))
+            if creds["UnixUserID"] == 0:
+                granted(who)
+            else:
+                self._ask_polkit(call, action, lambda: granted(who))
+
+        self._connection.call(
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "GetConnectionCredentials",
+            GLib.Variant("(s)", (call.sender,)),
+            GLib.VariantType("(a{sv})"),
+            Gio.DBusCallFlags.NONE,
+            int(self._timeout_s * 1000),
+            None,
+            credentials,
+        )
+
+    def _ask_polkit(self, call: Call, action: str, granted: Callable[[], None]) -> None:
+        def decided(connection: Gio.DBusConnection, result: Gio.AsyncResult) -> None:
+            try:
+                authorized, _challenge, _details = connection.call_finish(result).unpack()[0]
+            except GLib.Error as e:  # no polkit on this bus, or no answer: only root may
+                if e.matches(Gio.io_error_quark(), Gio.IOErrorEnum.TIMED_OUT):
+                    why = f"polkit did not answer within {self._timeout_s:g} s"
+                elif (
+                    Gio.DBusError.get_remote_error(e) == "org.freedesktop.DBus.Error.ServiceUnknown"
+                ):
+                    why = "polkit is not running"
+                else:
+                    why = f"polkit check failed: {_message(e)}"
+                journal.send(journal.INFO, f"{action} for {call.sender}: {why}")
+            else:
+                if authorized:
+                    granted()
+                    return
+                why = "polkit refused"
+            call.fail(
+                ERROR_ACCESS_DENIED,
+                f"{action}: {why}; only root or a user that polkit authorizes may do this",
+            )
+
+        subject = ("system-bus-name", {"name": GLib.Variant("s", call.sender)})
+        self._connection.call(
+            "org.freedesktop.PolicyKit1",
+            "/org/freedesktop/PolicyKit1/Authority",
+            "org.freedesktop.PolicyKit1.Authority",
+            "CheckAuthorization",
+            # flags 1: AllowUserInteraction (an agent may ask for a password)
+            GLib.Variant("((sa{sv})sa{ss}us)", (subject, action, {}, 1, "")),
+            GLib.VariantType("((bba{ss}))"),
+            Gio.DBusCallFlags.NONE,
+            int(self._timeout_s * 1000),
+            None,
+            decided,
+        )
+
+
+def _who(sender: str, pid: int | None) -> str:
+    """Who sent a request, for the journal: busctl[1234] rather than :1.56."""
+    if pid is None:
+        return sender
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return sender
+    return f"{comm}[{pid}]"
+
+
+def _message(e: GLib.Error) -> str:
+    """A D-Bus error's message without GDBus's "GDBus.Error:NAME: " in front."""
+    name = Gio.DBusError.get_remote_error(e)
+    return str(e.message).removeprefix(f"GDBus.Error:{name}: ") if name else str(e.message)
 
 
 def _variants(values: dict[str, Any], types: dict[str, str]) -> dict[str, GLib.Variant]:
@@ -112,37 +249,67 @@ class Worker:
 
 
 class KdumpObject:
-    PropertiesChanged = dbus_signal()
+    """/org/kdumpd/Kdump1: what anyone may read, and the requests root or polkit admits."""
 
-    def __init__(self, daemon: Daemon, worker: Worker, bus: Any) -> None:
+    def __init__(
+        self, daemon: Daemon, worker: Worker, connection: Gio.DBusConnection, auth_timeout_s: float
+    ) -> None:
         self._daemon = daemon
         self._worker = worker
-        self._bus = bus
+        self._connection = connection
+        self._authorizer = Authorizer(connection, auth_timeout_s)
         self._ready = False
         self.watcher = Watcher(
             self.reload_now, lambda why: self.request_reload(why, hardware=True), daemon.sysroot
         )
+        self._privileged: dict[str, tuple[str, Callable[[str], None]]] = {
+            "Reload": (ACTION_RELOAD, lambda who: self.request_reload(f"Reload from {who}")),
+            "Unload": (ACTION_UNLOAD, lambda _who: self._request_unload()),
+        }
 
-    def __getattr__(self, name: str) -> Any:
-        # Properties: CrashKernelLoaded is read from the kernel on every request.
-        if name in PROPERTY_TYPES:
-            return getattr(self._daemon.refresh(), name)
-        raise AttributeError(name)
+    def register(self) -> int:
+        """Put the object on the bus; returns the registration id."""
+        # No get_property handler: GDBus checks names and access against the introspection
+        # data and hands Properties.Get and GetAll to the method handler.
+        registration: int = self._connection.register_object(
+            OBJECT_PATH, _INTERFACE_INFO, self._on_call, None, None
+        )
+        return registration
 
-    def GetStatus(self) -> dict[str, GLib.Variant]:
-        return _variants(self._daemon.refresh().as_dict(), PROPERTY_TYPES)
+    def _on_call(
+        self,
+        _connection: Gio.DBusConnection,
+        _sender: str,
+        _path: str,
+        interface: str,
+        method: str,
+        parameters: GLib.Variant,
+        invocation: Gio.DBusMethodInvocation,
+    ) -> None:
+        call = Call(invocation)
+        if interface == INTERFACE and method in self._privileged:
+            action, run = self._privileged[method]
+            self._authorizer.check(call, action, lambda who: call.answer(lambda: run(who)))
+        else:
+            call.answer(lambda: self._read(interface, method, parameters.unpack()))
 
-    def ListDumps(self) -> list[dict[str, GLib.Variant]]:
+    def _read(self, interface: str, method: str, args: tuple[Any, ...]) -> GLib.Variant:
+        """What anyone may call. CrashKernelLoaded is read from the kernel every time."""
+        if method == "ListDumps":
+            return GLib.Variant("(aa{sv})", (self._dumps(),))
+        status = self._daemon.refresh()
+        if interface == PROPERTIES and method == "Get":
+            name = args[1]
+            return GLib.Variant("(v)", (GLib.Variant(PROPERTY_TYPES[name], getattr(status, name)),))
+        # GetStatus, and Properties.GetAll: the same values
+        return GLib.Variant("(a{sv})", (_variants(status.as_dict(), PROPERTY_TYPES),))
+
+    def _dumps(self) -> list[dict[str, GLib.Variant]]:
         cfg = self._daemon.config
         found = dumps.scan(cfg.dump_path if cfg else dumps.DEFAULT_PATH)
         return [_variants(d.as_dict(), dumps.FIELD_TYPES) for d in found]
 
-    def Reload(self, dbus_context: Any) -> None:
-        self._authorize(dbus_context, ACTION_RELOAD)
-        self.request_reload(f"Reload from {self._caller(dbus_context.sender)}")
-
-    def Unload(self, dbus_context: Any) -> None:
-        self._authorize(dbus_context, ACTION_UNLOAD)
+    def _request_unload(self) -> None:
         self._daemon.mark_unloading()
         self._worker.submit("unload", self._unload)
 
@@ -194,28 +361,14 @@ class KdumpObject:
         with contextlib.suppress(OSError):  # LastError already says why
             self._daemon.unload()
 
-    def _caller(self, sender: str) -> str:
-        """Who sent a request, for the journal: busctl[1234] rather than :1.56."""
-        try:
-            pid = self._bus.dbus.GetConnectionUnixProcessID(sender)
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except (GLib.Error, OSError):
-            return sender
-        return f"{comm}[{pid}]"
-
-    def _authorize(self, context: Any, action: str) -> None:
-        sender = context.sender
-        try:
-            if self._bus.dbus.GetConnectionUnixUser(sender) == 0:
-                return
-            if context.is_authorized(action, {}, interactive=True):
-                return
-        except GLib.Error as e:  # no polkit on this bus: only root is allowed
-            journal.send(journal.INFO, f"polkit check for {sender} failed: {e.message}")
-        raise AccessDenied(f"{action}: only root or a user that polkit authorizes may do this")
-
     def emit(self, changed: dict[str, Any]) -> None:
-        self.PropertiesChanged(INTERFACE, changed, [])
+        self._connection.emit_signal(
+            None,
+            OBJECT_PATH,
+            PROPERTIES,
+            "PropertiesChanged",
+            GLib.Variant("(sa{sv}as)", (INTERFACE, _variants(changed, PROPERTY_TYPES), [])),
+        )
 
 
 def _status_words(status: Status) -> str:
@@ -226,16 +379,18 @@ def _status_words(status: Status) -> str:
     return f"{text}: {status.LastError}" if status.LastError else text
 
 
-def serve(daemon: Daemon, first_load: threading.Thread, bus: Any | None = None) -> int:
+def serve(
+    daemon: Daemon,
+    first_load: threading.Thread,
+    bus: Any | None = None,
+    auth_timeout_s: float = AUTH_TIMEOUT_S,
+) -> int:
     """Run the daemon until SIGTERM; READY=1 once `first_load` (service.start_first_load)
     has finished. Returns the exit status."""
-    # pydbus logs a traceback for every error reply, AccessDenied included; our errors are
-    # deliberate and unexpected ones are reported by the worker.
-    logging.getLogger("pydbus").setLevel(logging.CRITICAL)
     bus = bus or SystemBus()
     loop = GLib.MainLoop()
     worker = Worker()
-    obj = KdumpObject(daemon, worker, bus)
+    obj = KdumpObject(daemon, worker, bus.con, auth_timeout_s)
 
     def on_change(changed: dict[str, Any]) -> None:
         # The values as they are when the signal goes out: changes made on two threads
@@ -249,12 +404,12 @@ def serve(daemon: Daemon, first_load: threading.Thread, bus: Any | None = None) 
         GLib.idle_add(emit)
 
     daemon.on_change = on_change
-    registration = bus.register_object(OBJECT_PATH, obj, INTROSPECTION)
+    registration = obj.register()
     try:
         owner = bus.request_name(BUS_NAME, allow_replacement=False, replace=False)
     except RuntimeError as e:
         journal.send(journal.ERR, f"cannot own {BUS_NAME} on the system bus: {e}")
-        registration.unregister()
+        bus.con.unregister_object(registration)
         return 1
 
     obj.adopt_load(first_load)
@@ -283,7 +438,7 @@ def serve(daemon: Daemon, first_load: threading.Thread, bus: Any | None = None) 
     # The crash kernel stays loaded: stopping or restarting the daemon must not leave a gap.
     journal.notify(STOPPING="1")
     owner.unown()
-    registration.unregister()
+    bus.con.unregister_object(registration)
     return 0
 
 
@@ -353,11 +508,15 @@ class Client:
 
 
 def _client_error(e: GLib.Error) -> str:
-    text = str(e.message)
-    if "ServiceUnknown" in text or "NameHasNoOwner" in text:
+    name = Gio.DBusError.get_remote_error(e)  # None when the bus itself was not reached
+    text = _message(e)
+    if name in (
+        "org.freedesktop.DBus.Error.ServiceUnknown",
+        "org.freedesktop.DBus.Error.NameHasNoOwner",
+    ):
         return f"the kdumpd daemon is not running ({BUS_NAME} has no owner on the system bus)"
-    if "AccessDenied" in text:
-        return "permission denied: " + text.rsplit(": ", 1)[-1]
-    if "FileNotFound" in text or "NoServer" in text or "Could not connect" in text:
+    if name == ERROR_ACCESS_DENIED:
+        return f"permission denied: {text}"
+    if name is None:
         return f"cannot reach the system bus: {text}"
     return text

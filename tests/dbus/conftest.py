@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -12,8 +14,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydbus import connect
 
 from tests.fakes import make_sysroot
 
@@ -49,6 +53,11 @@ def _bus_config(workdir: Path) -> Path:
     return path
 
 
+def _as(user: int | None, args: tuple[str, ...]) -> list[str]:
+    prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
+    return [*prefix, *args]
+
+
 @dataclass
 class Bus:
     address: str
@@ -61,9 +70,14 @@ class Bus:
         user: int | None = None,
         check: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
         return subprocess.run(
-            [*prefix, *args], env=self.env, capture_output=True, text=True, check=check, timeout=60
+            _as(user, args), env=self.env, capture_output=True, text=True, check=check, timeout=60
+        )
+
+    def start(self, *args: str, user: int | None = None) -> subprocess.Popen[str]:
+        """As run, without waiting: communicate() gives the output."""
+        return subprocess.Popen(
+            _as(user, args), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
 
     def busctl(self, *args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
@@ -81,8 +95,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.05)
 
 
-@pytest.fixture
-def bus() -> Iterator[Bus]:
+@contextlib.contextmanager
+def private_bus() -> Iterator[Bus]:
+    """A system bus of our own (the tests' and bench.dbus_memory's)."""
     # Readable by the unprivileged test user, unlike pytest's tmp_path.
     workdir = Path(tempfile.mkdtemp(prefix="kdumpd-bus-"))
     workdir.chmod(0o755)
@@ -121,15 +136,26 @@ class Service:
 
 
 @pytest.fixture
-def service(bus: Bus) -> Iterator[Service]:
+def bus() -> Iterator[Bus]:
+    with private_bus() as b:
+        yield b
+
+
+@contextlib.contextmanager
+def fake_service(
+    bus: Bus, polkit_timeout_s: float | None = None, env: dict[str, str] | None = None
+) -> Iterator[Service]:
+    """The daemon on `bus` (tests/dbus/fake_daemon.py), once its first load has finished;
+    its stderr is printed when it stops. `env` adds to its environment."""
     sysroot = make_sysroot(
         bus.workdir / "root", running=os.uname().release, versions=(os.uname().release,)
     )
     config = bus.workdir / "kdumpd.yaml"
     config.write_text("dump_path: " + str(bus.workdir / "crash") + "\n")
+    timeout = [] if polkit_timeout_s is None else [str(polkit_timeout_s)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.dbus.fake_daemon", str(sysroot), str(config)],
-        env=bus.env,
+        [sys.executable, "-m", "tests.dbus.fake_daemon", str(sysroot), str(config), *timeout],
+        env={**bus.env, **(env or {})},
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -141,3 +167,62 @@ def service(bus: Bus) -> Iterator[Service]:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
         print(err, file=sys.stderr)
+
+
+def write_dumps(service: Service) -> None:
+    """Two saved dumps in the service's dump path, for ListDumps to describe."""
+    for name in ("2026-12-01-101010-6.1.0-50-amd64", "2026-12-02-111111-6.1.0-50-amd64"):
+        folder = service.bus.workdir / "crash" / name
+        folder.mkdir(parents=True)
+        (folder / "metadata.json").write_text(
+            '{"time_usec": 1764583810000000, "kernel_version": "6.1.0-50-amd64",'
+            ' "panic_message": "Kernel panic - not syncing: sysrq triggered crash"}'
+        )
+        (folder / "vmcore").write_bytes(b"\0" * 4096)
+
+
+@pytest.fixture
+def service(bus: Bus, request: pytest.FixtureRequest) -> Iterator[Service]:
+    """Parametrize indirectly with fake_service's keywords ({"polkit_timeout_s": 2})."""
+    with fake_service(bus, **getattr(request, "param", {})) as svc:
+        yield svc
+
+
+@pytest.fixture
+def polkit(bus: Bus) -> Iterator[Any]:
+    """python-dbusmock's polkitd on the test bus; returns its control interface (SetAllowed,
+    SimulateHang, HaveHangingCalls, ReleaseHangingCalls). It refuses everything at first."""
+    import dbusmock  # type: ignore[import-untyped]
+
+    # The mock runs as polkitd, the only user polkit's bus policy lets own its name.
+    uid = pwd.getpwnam("polkitd").pw_uid
+    mock = subprocess.Popen(
+        [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-m",
+            "dbusmock",
+            "--system",
+            "--template",
+            "polkitd",
+        ],
+        env=bus.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(
+            lambda: bus.busctl("status", "org.freedesktop.PolicyKit1").returncode == 0,
+            30,
+            "the polkit mock",
+        )
+        authority = connect(bus.address).get(
+            "org.freedesktop.PolicyKit1", "/org/freedesktop/PolicyKit1/Authority"
+        )
+        yield authority[dbusmock.MOCK_IFACE]
+    finally:
+        mock.terminate()
+        mock.wait(timeout=10)

@@ -1,12 +1,13 @@
 """The real daemon on a test bus, with a fake machine underneath (tests/fakes.py).
 
-Run as: python -m tests.dbus.fake_daemon SYSROOT CONFIG (with DBUS_SYSTEM_BUS_ADDRESS set).
+Run as: python -m tests.dbus.fake_daemon SYSROOT CONFIG [POLKIT_TIMEOUT_S] (with
+DBUS_SYSTEM_BUS_ADDRESS set).
 """
 
 import sys
 from pathlib import Path
 
-from kdumpd import environment
+from kdumpd import dumps, environment
 from kdumpd.config import Config
 from kdumpd.service import Daemon, start_first_load
 from tests.fakes import FakeKexec, fake_plan
@@ -16,8 +17,18 @@ if __name__ == "__main__":
     # The capture initramfs is in the cache already, as after the package's first start.
     cache = sysroot / "var/cache/kdumpd"
     environment.build(fake_plan(Config(), "", sysroot), cache)
+    scan = dumps.scan
+
+    def failing_scan(root: Path) -> list[dumps.Dump]:
+        broken = sysroot / "fake-dumps-error"  # a test's way to make reading the dumps fail
+        if broken.exists():
+            raise ValueError(broken.read_text())
+        return scan(root)
+
+    dumps.scan = failing_scan
     daemon = Daemon(config, FakeKexec(sysroot), sysroot, cache=cache, planner=fake_plan)
     first_load = start_first_load(daemon)  # as `kdumpd serve` does, before the bus exists
     from kdumpd import dbus_service
 
-    sys.exit(dbus_service.serve(daemon, first_load))
+    timeout = float(sys.argv[3]) if len(sys.argv) > 3 else dbus_service.AUTH_TIMEOUT_S
+    sys.exit(dbus_service.serve(daemon, first_load, auth_timeout_s=timeout))

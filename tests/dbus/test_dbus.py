@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pwd
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gi.repository import GLib
+from gi.repository import Gio, GLib
 from pydbus import connect
 
 from tests.dbus.conftest import NOBODY, Bus, Service, wait_until
@@ -81,47 +80,14 @@ def test_unprivileged_cli_gets_a_one_line_error(service: Service) -> None:
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_polkit_can_authorize_others(service: Service) -> None:
-    import dbusmock  # type: ignore[import-untyped]
-
-    # The polkit mock runs as polkitd, the only user polkit's bus policy lets own its name.
-    uid = pwd.getpwnam("polkitd").pw_uid
-    mock = subprocess.Popen(
-        [
-            "setpriv",
-            f"--reuid={uid}",
-            f"--regid={uid}",
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-m",
-            "dbusmock",
-            "--system",
-            "--template",
-            "polkitd",
-        ],
-        env=service.bus.env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_until(
-            lambda: service.bus.busctl("status", "org.freedesktop.PolicyKit1").returncode == 0,
-            30,
-            "the polkit mock",
-        )
-        polkit = connect(service.bus.address).get(
-            "org.freedesktop.PolicyKit1", "/org/freedesktop/PolicyKit1/Authority"
-        )
-        polkit[dbusmock.MOCK_IFACE].SetAllowed(["org.kdumpd.Kdump1.reload"])
-        before = int(get(service, "LastLoadUsec").split()[1])
-        r = service.bus.busctl("call", NAME, PATH, NAME, "Reload", user=NOBODY)
-        assert r.returncode == 0, r.stderr
-        wait_until(lambda: int(get(service, "LastLoadUsec").split()[1]) > before, 30, "reload")
-        r = service.bus.busctl("call", NAME, PATH, NAME, "Unload", user=NOBODY)
-        assert "Access denied" in r.stderr or "AccessDenied" in r.stderr, r.stderr
-    finally:
-        mock.terminate()
-        mock.wait(timeout=10)
+def test_polkit_can_authorize_others(service: Service, polkit: Any) -> None:
+    polkit.SetAllowed(["org.kdumpd.Kdump1.reload"])
+    before = int(get(service, "LastLoadUsec").split()[1])
+    r = service.bus.busctl("call", NAME, PATH, NAME, "Reload", user=NOBODY)
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: int(get(service, "LastLoadUsec").split()[1]) > before, 30, "reload")
+    r = service.bus.busctl("call", NAME, PATH, NAME, "Unload", user=NOBODY)
+    assert "Access denied" in r.stderr or "AccessDenied" in r.stderr, r.stderr
 
 
 def test_reload_emits_properties_changed(service: Service) -> None:
@@ -267,3 +233,20 @@ def test_cli_without_a_daemon_is_one_line(bus: Bus) -> None:
         "kdumpd status: the kdumpd daemon is not running "
         "(org.kdumpd.Kdump1 has no owner on the system bus)"
     )
+
+
+def test_an_internal_error_is_a_typed_d_bus_error(service: Service) -> None:
+    (service.sysroot / "fake-dumps-error").write_text("metadata.json: time_usec is Infinity")
+    r = service.bus.busctl("call", NAME, PATH, NAME, "ListDumps", user=NOBODY)
+    assert r.returncode != 0
+    assert "ListDumps failed (internal error): metadata.json: time_usec is Infinity" in r.stderr
+    bus = connect(service.bus.address)
+    with pytest.raises(GLib.Error) as e:
+        bus.get(NAME, PATH).ListDumps()
+    assert Gio.DBusError.get_remote_error(e.value) == "org.kdumpd.Kdump1.Error.Failed"
+    r = service.bus.kdumpd("dumps")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (
+        "kdumpd dumps: ListDumps failed (internal error): metadata.json: time_usec is Infinity"
+    )
+    assert get(service, "State") == 's "loaded"'  # and the daemon goes on
