@@ -34,10 +34,10 @@ def _when(usec: int) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from kdumpd.loader import Kexec
-    from kdumpd.service import Daemon, start_first_load
+    from kdumpd.service import Daemon, start
 
     daemon = Daemon(args.config, Kexec())
-    first_load = start_first_load(daemon)
+    worker = start(daemon)
     from kdumpd import capture, dbus_service
 
     try:
@@ -45,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except config.ConfigError:
         dump_path = config.Config().dump_path  # the first load reports the error
     capture.announce_new(dump_path, ANNOUNCED)
-    return dbus_service.serve(daemon, first_load)
+    return dbus_service.serve(daemon, worker)
 
 
 def cmd_capture(args: argparse.Namespace) -> int:

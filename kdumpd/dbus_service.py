@@ -1,10 +1,10 @@
 """The D-Bus face of the daemon (pydbus kept to this module so the binding can be swapped).
 
 Method calls run on the GLib main loop. Loading a kernel is slow, so Reload and Unload
-hand the work to one worker thread and return at once; State turns to "loading" before
-they return, and PropertiesChanged tells when the work is done (`kdumpd reload` waits
-for it). Reload requests pass through the watcher's coalescer first (kdumpd/watch.py).
-The worker posts status changes back to the main loop with GLib.idle_add.
+put a request in the daemon's queue (kdumpd/requests.py: one worker thread serves it in
+order) and return at once; State turns to "loading" before they return, and
+PropertiesChanged tells when the work is done (`kdumpd reload` waits for it). The
+worker's changes reach the main loop through GLib.idle_add.
 
 The object is registered with Gio directly, not with pydbus's register_object: a method
 handler must be able to answer later (the polkit check of Reload and Unload is an
@@ -15,10 +15,7 @@ leave as a typed error. pydbus still gives the bus, the name and the client's pr
 
 from __future__ import annotations
 
-import contextlib
-import queue
 import signal
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,8 @@ from typing import Any
 from gi.repository import Gio, GLib
 from pydbus import SystemBus
 
-from kdumpd import UserError, dumps, journal
+from kdumpd import UserError, dumps, journal, requests
+from kdumpd.requests import BUILD, RELOAD, UNLOAD
 from kdumpd.service import Daemon, Status
 from kdumpd.watch import Watcher
 
@@ -86,15 +84,18 @@ AUTH_TIMEOUT_S = 60.0
 class Call:
     """One method call on our object, answered exactly once.
 
-    With GLib before 2.84, g_dbus_connection_register_object_with_closures (what PyGObject
-    calls register_object) passes the closure the reference to the invocation that the
-    handler owns, and PyGObject takes it as borrowed; answering consumes only the
-    reference PyGObject adds for the call. So the invocation, with its message, arguments
-    and reply, was never freed: about 1.6 KB per call (pydbus issue 83). Once answered,
-    that one reference is given back here."""
+    g_dbus_connection_register_object_with_closures (what PyGObject calls register_object)
+    passes the closure the reference to the invocation that the handler owns, and
+    PyGObject takes it as borrowed; answering consumes only the reference PyGObject adds
+    for the call. So the invocation, with its message, arguments and reply, was never
+    freed: about 1.6 KB per call (pydbus issue 83). GLib keeps that behaviour (GLib MR
+    4427) and added register_object_with_closures2 (2.84), which passes a borrowed
+    reference. With the first, once answered, the handler's reference is given back here
+    (`owned`); with the second there is nothing to give back."""
 
-    def __init__(self, invocation: Gio.DBusMethodInvocation) -> None:
+    def __init__(self, invocation: Gio.DBusMethodInvocation, owned: bool) -> None:
         self._invocation = invocation
+        self._owned = owned
         self.sender: str = invocation.get_sender()
         self.method: str = invocation.get_method_name()
 
@@ -109,11 +110,15 @@ class Call:
             )
         else:
             self._invocation.return_value(value)
-            self._invocation._unref()
+            self._release()
 
     def fail(self, name: str, message: str) -> None:
         self._invocation.return_dbus_error(name, message)
-        self._invocation._unref()
+        self._release()
+
+    def _release(self) -> None:
+        if self._owned:
+            self._invocation._unref()
 
 
 class Authorizer:
@@ -216,62 +221,40 @@ def _variants(values: dict[str, Any], types: dict[str, str]) -> dict[str, GLib.V
     return {k: GLib.Variant(types[k], v) for k, v in values.items()}
 
 
-class Worker:
-    """One thread that runs reloads and unloads in order; repeated reload requests that
-    arrive while one is waiting collapse into it."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._pending: set[str] = set()
-        self._lock = threading.Lock()
-        threading.Thread(target=self._run, name="kdumpd-worker", daemon=True).start()
-
-    def submit(self, name: str, job: Callable[[], None]) -> None:
-        with self._lock:
-            if name in self._pending:
-                return
-            self._pending.add(name)
-
-        def run() -> None:
-            with self._lock:
-                self._pending.discard(name)
-            job()
-
-        self._jobs.put(run)
-
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            try:
-                job()
-            except Exception as e:  # a bug must not kill the worker and freeze the daemon
-                journal.send(journal.ERR, f"internal error: {e!r}")
-
-
 class KdumpObject:
     """/org/kdumpd/Kdump1: what anyone may read, and the requests root or polkit admits."""
 
     def __init__(
-        self, daemon: Daemon, worker: Worker, connection: Gio.DBusConnection, auth_timeout_s: float
+        self,
+        daemon: Daemon,
+        worker: requests.Worker,
+        connection: Gio.DBusConnection,
+        auth_timeout_s: float,
     ) -> None:
         self._daemon = daemon
         self._worker = worker
+        self._requests = daemon.requests
+        self._owned = True  # see Call; register() knows
         self._connection = connection
         self._authorizer = Authorizer(connection, auth_timeout_s)
         self._ready = False
         self.watcher = Watcher(
-            self.reload_now, lambda why: self.request_reload(why, hardware=True), daemon.sysroot
+            lambda why: self._requests.put(RELOAD, why, quiet=requests.QUIET_S),
+            lambda why: self.request_reload(why, hardware=True),
+            daemon.sysroot,
         )
         self._privileged: dict[str, tuple[str, Callable[[str], None]]] = {
             "Reload": (ACTION_RELOAD, lambda who: self.request_reload(f"Reload from {who}")),
-            "Unload": (ACTION_UNLOAD, lambda _who: self._request_unload()),
+            "Unload": (ACTION_UNLOAD, lambda who: self._requests.put(UNLOAD, f"Unload from {who}")),
         }
 
     def register(self) -> int:
         """Put the object on the bus; returns the registration id."""
         # No get_property handler: GDBus checks names and access against the introspection
         # data and hands Properties.Get and GetAll to the method handler.
-        registration: int = self._connection.register_object(
+        register = getattr(self._connection, "register_object_with_closures2", None)
+        self._owned = register is None
+        registration: int = (register or self._connection.register_object)(
             OBJECT_PATH, _INTERFACE_INFO, self._on_call, None, None
         )
         return registration
@@ -286,7 +269,7 @@ class KdumpObject:
         parameters: GLib.Variant,
         invocation: Gio.DBusMethodInvocation,
     ) -> None:
-        call = Call(invocation)
+        call = Call(invocation, self._owned)
         if interface == INTERFACE and method in self._privileged:
             action, run = self._privileged[method]
             self._authorizer.check(call, action, lambda who: call.answer(lambda: run(who)))
@@ -309,57 +292,36 @@ class KdumpObject:
         found = dumps.scan(cfg.dump_path if cfg else dumps.DEFAULT_PATH)
         return [_variants(d.as_dict(), dumps.FIELD_TYPES) for d in found]
 
-    def _request_unload(self) -> None:
-        self._daemon.mark_unloading()
-        self._worker.submit("unload", self._unload)
-
     def request_reload(self, why: str, hardware: bool = False) -> None:
-        """A reload asked for (D-Bus, SIGHUP, hotplug), coalesced with file events by the
-        watcher. systemd hears RELOADING=1 now and READY=1 when done."""
+        """A reload asked for (D-Bus, SIGHUP, a hook; hotplug: hardware). systemd hears
+        RELOADING=1 now and READY=1 when done."""
         if self._ready:
             journal.notify_reloading()
-        self._daemon.mark_loading(hardware)
-        self.watcher.request(why, settled=not hardware)  # a hotplug burst may go on
+        if hardware:  # a hotplug burst may go on
+            self._requests.put(RELOAD, why, must=True, quiet=requests.QUIET_S)
+        else:
+            self._requests.put(RELOAD, why, asked=True, quiet=requests.ASKED_QUIET_S)
 
-    def reload_now(self, why: str) -> None:
-        """The watcher's coalesced reload. Requests that come while one is queued join it;
-        the daemon counts them, so none is lost."""
-
-        def job() -> None:
-            try:
-                self._daemon.reload(force=False, why=why)
-            finally:
-                GLib.idle_add(self._reloaded)
-
-        self._worker.submit("reload", job)
-
-    def adopt_load(self, load: threading.Thread) -> None:
-        """The first load, started before the bus was set up: ready once it has finished."""
-
-        def job() -> None:
-            load.join()
-            GLib.idle_add(self._reloaded)
-
-        self._worker.submit("first-load", job)
-
-    def _reloaded(self) -> bool:
+    def served(self) -> bool:
+        """After each request (on the main loop): watch what the loaded kernel came from,
+        tell systemd, and build the capture initramfs the last load had to do without."""
         self._ready = True
         self.watcher.watch_files(self._daemon.watch_targets())
         journal.notify(READY="1", STATUS=_status_words(self._daemon.status))
-        if self._daemon.unbuilt is not None:  # the machine is protected: now build it
-
-            def build() -> None:
-                try:
-                    self._daemon.build_environment()
-                finally:
-                    GLib.idle_add(self._reloaded)
-
-            self._worker.submit("environment", build)
+        if self._daemon.unbuilt is not None and not self._requests.busy():
+            self._requests.put(BUILD, "the capture initramfs is to be built")
         return False  # GLib: run once
 
-    def _unload(self) -> None:
-        with contextlib.suppress(OSError):  # LastError already says why
-            self._daemon.unload()
+    def alive(self) -> bool:
+        """For the watchdog: False, and the journal says why, once the worker is stuck."""
+        stuck = self._worker.stuck()
+        if stuck:
+            journal.send(
+                journal.ERR,
+                f"the worker has been serving {stuck}: not telling the watchdog, so that "
+                "systemd restarts the daemon",
+            )
+        return not stuck
 
     def emit(self, changed: dict[str, Any]) -> None:
         self._connection.emit_signal(
@@ -381,15 +343,14 @@ def _status_words(status: Status) -> str:
 
 def serve(
     daemon: Daemon,
-    first_load: threading.Thread,
+    worker: requests.Worker,
     bus: Any | None = None,
     auth_timeout_s: float = AUTH_TIMEOUT_S,
 ) -> int:
-    """Run the daemon until SIGTERM; READY=1 once `first_load` (service.start_first_load)
-    has finished. Returns the exit status."""
+    """Run the daemon until SIGTERM; READY=1 once the worker (service.start) has served
+    the first load. Returns the exit status."""
     bus = bus or SystemBus()
     loop = GLib.MainLoop()
-    worker = Worker()
     obj = KdumpObject(daemon, worker, bus.con, auth_timeout_s)
 
     def on_change(changed: dict[str, Any]) -> None:
@@ -412,7 +373,7 @@ def serve(
         bus.con.unregister_object(registration)
         return 1
 
-    obj.adopt_load(first_load)
+    worker.connect(lambda: GLib.idle_add(obj.served))
     obj.watcher.watch_hotplug()
 
     def on_hup() -> bool:
@@ -430,7 +391,8 @@ def serve(
     if interval:
 
         def watchdog() -> bool:
-            journal.notify(WATCHDOG="1")
+            if obj.alive():  # the loop runs this; the worker answers for itself
+                journal.notify(WATCHDOG="1")
             return True
 
         GLib.timeout_add(interval // 1000, watchdog)
@@ -466,7 +428,7 @@ class Client:
 
     def call_and_wait(self, action: Callable[[Any], None], timeout_s: int = 300) -> dict[str, Any]:
         """Call Reload or Unload, then wait until the daemon has finished the work: State
-        stays "loading" until then (service.Daemon.mark_loading)."""
+        stays "loading" until then (kdumpd/requests.py)."""
         loop = GLib.MainLoop()
 
         def changed(_iface: str, props: dict[str, Any], _invalid: list[str]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import hashlib
 import os
 import platform
 import re
@@ -86,6 +87,7 @@ class Image:
     path: Path
     fd: int
     size: int
+    sha256: str  # of the copy: what the daemon loaded, to know it again after a restart
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -100,13 +102,15 @@ def snapshot(path: Path) -> Image:
     """Copy a file into a sealed memfd."""
     fd = os.memfd_create(f"kdumpd:{path.name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
+        digest = hashlib.sha256()
         with path.open("rb") as src:
             size = 0
             while chunk := src.read(1 << 20):
                 os.write(fd, chunk)
+                digest.update(chunk)
                 size += len(chunk)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-        return Image(path, fd, size)
+        return Image(path, fd, size, digest.hexdigest())
     except BaseException:
         os.close(fd)
         raise

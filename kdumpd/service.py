@@ -1,12 +1,14 @@
 """The daemon's core: decide what to load, load it, and never end up less protected.
 
-Nothing here knows about D-Bus or GLib. The D-Bus layer calls reload()/unload() from one
-worker thread and learns about changes through the on_change callback.
+Nothing here knows about D-Bus or GLib. Requests go into `Daemon.requests`
+(kdumpd/requests.py); the worker thread hands them to `Daemon.serve` one at a time, and
+the D-Bus layer learns about changes through the on_change callback.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import threading
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdumpd import cmdline, config, environment, images, journal, kernels, reservation
+from kdumpd import cmdline, config, environment, images, journal, kernels, requests, reservation
 from kdumpd.loader import Image, Kexec, KexecError, snapshot
 from kdumpd.sizes import format_size, human_size
 
@@ -100,6 +102,14 @@ def now_usec() -> int:
     return time.clock_gettime_ns(time.CLOCK_REALTIME) // 1000
 
 
+RUN_DIR = Path("run/kdumpd")  # under the sysroot: kept across daemon restarts, not boots
+# Which crash kernel this daemon loaded (its files' hashes, command line, reservation):
+# a daemon started again finds it loaded and adopts it instead of loading it again.
+LOADED_RECORD = "loaded.json"
+# Present after an Unload: file events and hotplug do not load until the next Reload.
+UNLOADED_MARK = "unloaded"
+
+
 class Daemon:
     def __init__(
         self,
@@ -113,6 +123,7 @@ class Daemon:
         self.config_path = config_path
         self.kexec = kexec
         self.sysroot = sysroot
+        self.run_dir = sysroot / RUN_DIR
         self.cache = cache
         self.planner = planner
         # A capture initramfs to build once the machine is protected (build_environment).
@@ -122,44 +133,47 @@ class Daemon:
         self.config: config.Config | None = None
         self.good: Loaded | None = None
         self._lock = threading.Lock()
-        # Reloads asked for (mark_loading), and how many of them a reload has taken up.
-        self._asked = 0
-        self._taken = 0
-        self._must = False  # one of those asks for a load even if no file changed
-        self._running = False
+        self.requests = requests.Queue(on_change=self._publish)
+        self._outcome = self.status.State  # how the last request ended
         self._attempt: Identity | None = None  # the files the last reload read
-        self._outcome = self.status.State  # the State a pending request hides as "loading"
         self._began = 0.0  # when the reload under way began, by the monotonic clock
 
     def _set(self, **changes: Any) -> None:
-        # The D-Bus thread and the worker both report; the lock keeps updates whole.
+        """Report what changed. State is derived: "loading" while a request is queued or
+        served, else how the last one ended. The D-Bus thread and the worker both report;
+        the lock keeps updates whole."""
         with self._lock:
-            state = changes.get("State", "loading")
-            if state != "loading":
-                self._outcome = state
-                if self._asked > self._taken:
-                    # Whoever asked waits for the reload that serves them, not for one that
-                    # began before they asked (a file event's, say) and ends first.
-                    changes["State"] = "loading"
+            if "State" in changes:
+                self._outcome = changes["State"]
+            changes["State"] = "loading" if self.requests.busy() else self._outcome
             old = self.status
             self.status = dataclasses.replace(old, **changes)
         changed = {k: v for k, v in changes.items() if getattr(old, k) != v}
         if changed:
             self.on_change(changed)
 
-    def mark_loading(self, hardware: bool = False) -> None:
-        """A reload was asked for (D-Bus, SIGHUP, hotplug): State is "loading" from now until
-        a reload that starts after this has finished.
+    def _publish(self) -> None:
+        self._set()
 
-        That reload loads even when no file changed, except when the request came while a
-        reload was running: a kernel package asks from two hooks and also writes the
-        initrd, and the load already under way has read those files. Then only files that
-        changed since that load read them make another. Hardware changes always load:
-        the files are the same, the memory map is not."""
-        with self._lock:
-            self._asked += 1
-            self._must = self._must or hardware or not self._running
-        self._set(State="loading")
+    def serve(self, request: requests.Request) -> None:
+        """One request from the queue (the worker's)."""
+        if request.kind == requests.UNLOAD:
+            self.unload()
+        elif request.kind == requests.BUILD:
+            self.build_environment()
+        elif self.unloaded_on_request() and not request.asked:
+            journal.send(
+                journal.INFO,
+                f"{request.reason}: not loading, the crash kernel was unloaded on request "
+                "(kdumpd reload loads it again)",
+            )
+        else:
+            if request.asked:
+                (self.run_dir / UNLOADED_MARK).unlink(missing_ok=True)
+            self.reload(force=request.must, why=request.reason)
+
+    def unloaded_on_request(self) -> bool:
+        return (self.run_dir / UNLOADED_MARK).exists()
 
     def refresh(self) -> Status:
         """Re-read the kernel's view; someone may have used kexec -p -u behind our back."""
@@ -174,29 +188,23 @@ class Daemon:
     def reload(self, force: bool = True, why: str = "") -> None:
         """Re-read the config, re-check the reservation, load the crash kernel.
 
-        Unforced (a watched file changed) and with no request that must load (see
-        mark_loading): only when the config or the chosen kernel's files differ from what
-        the last reload read, so events that change nothing load nothing. `why` is what
-        asked for it, for the journal.
+        Unforced (see requests.py for which requests are): only when the config or the
+        chosen kernel's files differ from what the last reload read, so events that change
+        nothing load nothing. `why` is what asked for it, for the journal.
         """
-        with self._lock:
-            asked = self._asked > self._taken
-            force = force or self._must
-            self._taken, self._must, self._running = self._asked, False, True
         try:
             if not force and self._unchanged():
-                if asked:
+                if why:
                     journal.send(
                         journal.INFO,
                         f"{why}: answered by the last reload, which read these very files",
                     )
-                self._set(State=self._outcome)
+                self._set()
                 return
             if why:
                 journal.send(journal.INFO, f"reloading the crash kernel: {why}")
             self._began = time.monotonic()
             self._attempt = self._inputs()
-            self._set(State="loading")
             self._reload()
         except Failure as failure:
             self._fail(failure.state, str(failure))
@@ -205,9 +213,6 @@ class Daemon:
         except Exception as e:  # a bug: say so instead of staying "loading" for ever
             self._fail("failed", f"internal error: {e!r}")
             raise
-        finally:
-            with self._lock:
-                self._running = False
 
     def _fail(self, state: str, message: str) -> None:
         journal.send(journal.ERR, message, journal.MSG_LOAD_FAILED, kdumpd_state=state)
@@ -398,26 +403,55 @@ class Daemon:
             raise Failure("failed", str(e)) from None
         return Loaded(files.version, kernel, initrd, line, arming.mode)
 
-    def _load(self, new: Loaded, warning: str, note: str, why: str) -> None:
+    def _record(self, new: Loaded) -> dict[str, Any]:
+        return {
+            "boot_id": _read(self.sysroot / "proc/sys/kernel/random/boot_id"),
+            "kernel_sha256": new.kernel.sha256,
+            "initrd_sha256": new.initrd.sha256 if new.initrd else "",
+            "cmdline": new.cmdline,
+            "reserved_bytes": self.status.ReservedBytes,
+        }
+
+    def _adoptable(self, new: Loaded) -> bool:
+        """This daemon has loaded nothing yet, and the crash kernel that is loaded is the
+        one a daemon before it loaded from exactly these files in this boot: loading it
+        again would only open a gap (kexec_file_load frees the old image first)."""
+        if self.good is not None or not self.kexec.loaded():
+            return False
         try:
-            self.kexec.load(new.kernel, new.initrd, new.cmdline)
-        except KexecError as e:
-            new.close()
-            message = f"{e.strerror} [{new.kernel.path}, {new.initrd.path if new.initrd else ''}]"
-            self._restore(message)
-            return
+            before = json.loads((self.run_dir / LOADED_RECORD).read_text())
+        except (OSError, ValueError):
+            return False
+        return bool(before == self._record(new))
+
+    def _load(self, new: Loaded, warning: str, note: str, why: str) -> None:
+        adopted = self._adoptable(new)
+        if not adopted:
+            try:
+                self.kexec.load(new.kernel, new.initrd, new.cmdline)
+            except KexecError as e:
+                new.close()
+                initrd = new.initrd.path if new.initrd else ""
+                self._restore(f"{e.strerror} [{new.kernel.path}, {initrd}]")
+                return
         if self.good:
             self.good.close()
         self.good = new
         loaded = self.kexec.loaded()
+        self._remember(new if loaded else None)
         sizes = f"kernel {human_size(new.kernel.size)}"
         if new.initrd:
             sizes += f", initrd {human_size(new.initrd.size)}"
+        done = (
+            "was loaded already, by the daemon before this one: adopted"
+            if adopted
+            else f"loaded ({sizes}, capture mode {new.mode}) into a "
+            f"{format_size(self.status.ReservedBytes)} reservation in "
+            f"{time.monotonic() - self._began:.1f} s"
+        )
         journal.send(
             journal.INFO,
-            f"crash kernel {new.version} loaded ({sizes}, capture mode {new.mode}) into a "
-            f"{format_size(self.status.ReservedBytes)} reservation in "
-            f"{time.monotonic() - self._began:.1f} s",
+            f"crash kernel {new.version} {done}",
             journal.MSG_LOADED,
             kernel_version=new.version,
             kernel_image=new.kernel.path,
@@ -438,29 +472,40 @@ class Daemon:
             else "the kernel accepted the crash kernel but reports none loaded",
         )
 
+    def _remember(self, loaded: Loaded | None) -> None:
+        """What is loaded, for a daemon started after this one (see _adoptable)."""
+        record = self.run_dir / LOADED_RECORD
+        try:
+            if loaded is None:
+                record.unlink(missing_ok=True)
+                return
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = record.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._record(loaded)))
+            tmp.rename(record)
+        except OSError as e:  # only a restart's adoption is lost: it loads again instead
+            journal.send(journal.WARNING, f"cannot write {record}: {e.strerror}")
+
     def _restore(self, message: str) -> None:
         """The failed load freed the old image; load the last good copy again at once."""
         good = self.good
         if good is None:
+            self._remember(None)
             raise Failure("failed", message)
         try:
             self.kexec.load(good.kernel, good.initrd, good.cmdline)
         except KexecError as e:
             self.good = None
             good.close()
+            self._remember(None)
             raise Failure(
                 "failed",
                 f"{message}; loading the previous crash kernel "
                 f"{good.version} again also failed: {e.strerror}",
             ) from None
-        raise Failure(
+        self._fail(
             "loaded", f"{message}; the previous crash kernel {good.version} was loaded again"
         )
-
-    def mark_unloading(self) -> None:
-        """Called before an unload is queued: the SPEC has no "unloading", and a client that
-        asked must not take the State from before for the answer."""
-        self._set(State="loading")
 
     def unload(self) -> None:
         try:
@@ -471,15 +516,33 @@ class Daemon:
         if self.good:
             self.good.close()
             self.good = None
-        self._attempt = None  # the next file event loads again
+        self._attempt = None
+        self._remember(None)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / UNLOADED_MARK).touch()
+        except OSError as e:
+            journal.send(journal.WARNING, f"cannot keep the unload across a restart: {e}")
         self._set(CaptureMode="")
-        journal.send(journal.NOTICE, "crash kernel unloaded", journal.MSG_UNLOADED)
+        journal.send(
+            journal.NOTICE,
+            "crash kernel unloaded; nothing loads it again in this boot but kdumpd reload",
+            journal.MSG_UNLOADED,
+        )
         self._settle("not-loaded", "")
 
 
-def start_first_load(daemon: Daemon) -> threading.Thread:
-    """The first load needs no bus: started before GLib and pydbus are imported (seconds on
-    a slow machine at boot), it runs alongside them, mostly in the kernel without the GIL."""
-    load = threading.Thread(target=daemon.reload, args=(True,), name="kdumpd-first-load")
-    load.start()
-    return load
+def start(daemon: Daemon) -> requests.Worker:
+    """The worker, with the first load queued. It needs no bus: started before GLib and
+    pydbus are imported (seconds on a slow machine at boot), it runs alongside them,
+    mostly in the kernel without the GIL."""
+    worker = requests.Worker(daemon.requests, daemon.serve)
+    daemon.requests.put(requests.RELOAD, "", must=True)
+    return worker
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""

@@ -36,6 +36,8 @@ def make_sysroot(
     (root / "sys/kernel").mkdir(parents=True, exist_ok=True)
     (root / "boot").mkdir(exist_ok=True)
     (root / "proc/cmdline").write_text(f"BOOT_IMAGE=/boot/vmlinuz-{running} {cmdline}\n")
+    (root / "proc/sys/kernel/random").mkdir(parents=True, exist_ok=True)
+    (root / "proc/sys/kernel/random/boot_id").write_text("2b3c5d21-7a4f-4c0e-9a77-0d1f1b6e9c42\n")
     (root / "proc/meminfo").write_text(f"MemTotal:       {(ram - 64 * MIB) // 1024} kB\n")
     crash = f"    2f000000-{0x2F000000 + reserved - 1:08x} : Crash kernel\n" if reserved else ""
     (root / "proc/iomem").write_text(
@@ -117,10 +119,14 @@ class Machine:
     """system=True: the capture initramfs cannot reach the dump path, the machine's own
     initrd is loaded every time."""
 
-    def __init__(self, tmp_path: Path, system: bool = False, **sysroot: Any) -> None:
-        self.root = make_sysroot(tmp_path / "root", **sysroot)
+    def __init__(
+        self, tmp_path: Path, system: bool = False, fresh: bool = True, **sysroot: Any
+    ) -> None:
+        self.tmp_path, self.system = tmp_path, system
+        self.root = make_sysroot(tmp_path / "root", **sysroot) if fresh else tmp_path / "root"
         self.config = tmp_path / "kdumpd.yaml"
-        self.config.write_text("")
+        if fresh:
+            self.config.write_text("")
         self.kexec = FakeKexec(self.root)
         self.changes: list[dict[str, Any]] = []
         self.cache = tmp_path / "cache"
@@ -132,6 +138,12 @@ class Machine:
             cache=self.cache,
             planner=unreachable if system else fake_plan,
         )
+
+    @classmethod
+    def restarted(cls, m: Machine) -> Machine:
+        """A new daemon on the same machine, as systemd starts it again: what the kernel
+        holds and /run stay, the daemon's memory is gone."""
+        return cls(m.tmp_path, m.system, fresh=False)
 
     def kernel_says_loaded(self) -> bool:
         return (self.root / "sys/kernel/kexec_crash_loaded").read_text().strip() == "1"

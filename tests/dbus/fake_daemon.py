@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kdumpd import dumps, environment
 from kdumpd.config import Config
-from kdumpd.service import Daemon, start_first_load
+from kdumpd.service import Daemon, start
 from tests.fakes import FakeKexec, fake_plan
 
 if __name__ == "__main__":
@@ -27,8 +27,8 @@ if __name__ == "__main__":
 
     dumps.scan = failing_scan
     daemon = Daemon(config, FakeKexec(sysroot), sysroot, cache=cache, planner=fake_plan)
-    first_load = start_first_load(daemon)  # as `kdumpd serve` does, before the bus exists
+    worker = start(daemon)  # as `kdumpd serve` does, before the bus exists
     from kdumpd import dbus_service
 
     timeout = float(sys.argv[3]) if len(sys.argv) > 3 else dbus_service.AUTH_TIMEOUT_S
-    sys.exit(dbus_service.serve(daemon, first_load, auth_timeout_s=timeout))
+    sys.exit(dbus_service.serve(daemon, worker, auth_timeout_s=timeout))

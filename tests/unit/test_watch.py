@@ -1,4 +1,5 @@
-"""Coalescing reload requests (with a fake clock), hotplug uevents, and unforced reloads."""
+"""Hotplug uevents, unforced reloads, and requests served through the daemon's queue
+(kdumpd/requests.py; its own logic is in test_requests.py)."""
 
 from __future__ import annotations
 
@@ -8,54 +9,9 @@ from typing import Any
 import pytest
 
 from kdumpd import watch
+from kdumpd.requests import RELOAD, UNLOAD
 from tests.bzimage import bzimage, xz
 from tests.fakes import INITRD, KERNEL, Machine, V
-
-
-def test_a_burst_becomes_one_reload_after_the_last_event() -> None:
-    c = watch.Coalescer(quiet=2.0, max_wait=20.0)
-    assert c.due(0.0) is False  # nothing pending
-    # a kernel package: the image, modules, then the initrd, then the hook asks
-    for t in (10.0, 10.1, 10.5, 11.9):
-        c.event(t)
-        assert c.due(t + 1.9) is False
-    assert c.event(13.5) == 15.5
-    assert c.due(15.4) is False
-    assert c.due(15.5) is True  # one reload
-    assert c.due(30.0) is False  # and nothing more
-
-
-def test_a_steady_stream_still_reloads_within_max_wait() -> None:
-    c = watch.Coalescer(quiet=2.0, max_wait=5.0)
-    fired = []
-    t = 0.0
-    while t < 12:
-        c.event(t)
-        t += 1.0
-        if c.due(t):
-            fired.append(t)
-    assert fired == [5.0, 10.0]
-
-
-def test_a_request_ends_the_wait_sooner() -> None:
-    """Hooks run once the package's files are in place: after their request the reload
-    need not wait as long as after a file event, which the writer may follow with more."""
-    c = watch.Coalescer(quiet=2.0, settled_quiet=0.5)
-    c.event(10.0)  # the initrd renamed into place
-    assert c.event(10.3, settled=True) == 10.8  # the initramfs hook
-    assert c.event(10.6, settled=True) == 11.1  # the kernel hook
-    assert c.due(11.0) is False and c.due(11.1) is True
-    c.event(20.0, settled=True)
-    assert c.event(20.2) == 22.2  # a file written after a request is waited for as ever
-
-
-def test_separate_bursts_give_separate_reloads() -> None:
-    c = watch.Coalescer(quiet=2.0)
-    c.event(0.0)
-    assert c.due(2.0) is True
-    c.event(100.0)
-    assert c.due(101.0) is False and c.due(102.0) is True
-
 
 UEVENT_CPU_ADD = (
     b"add@/devices/system/cpu/cpu2\0ACTION=add\0DEVPATH=/devices/system/cpu/cpu2\0"
@@ -109,14 +65,33 @@ def test_unforced_reload_loads_only_what_changed(tmp_path: Path) -> None:
     assert len(m.kexec.calls) == 3
 
 
+def serve_next(m: Machine) -> None:
+    """What the worker does with the next request, its quiet time cut short."""
+    q = m.daemon.requests
+    for waiting in q.waiting():
+        waiting.due = 0.0
+    request = q.take(timeout=0)
+    assert request is not None
+    try:
+        m.daemon.serve(request)
+    finally:
+        q.done()
+
+
+def asked(m: Machine) -> None:
+    """A Reload over D-Bus, SIGHUP or a kernel hook."""
+    m.daemon.requests.put(RELOAD, "Reload from busctl[1]", asked=True, quiet=0.5)
+
+
 def test_a_request_makes_the_next_reload_load(tmp_path: Path) -> None:
     m = Machine(tmp_path)
     m.daemon.reload()
-    m.daemon.mark_loading()  # Reload, SIGHUP or hotplug, coalesced with file events
-    assert m.daemon.status.State == "loading"
-    m.daemon.reload(force=False)  # nothing changed on disk, but someone asked
+    asked(m)
+    assert m.daemon.status.State == "loading"  # derived: something is queued
+    serve_next(m)  # nothing changed on disk, but someone asked
     assert m.daemon.status.State == "loaded" and len(m.kexec.calls) == 2
-    m.daemon.reload(force=False)  # that request is served: back to "only what changed"
+    m.daemon.requests.put(RELOAD, "/boot changed", quiet=2.0)
+    serve_next(m)  # a file event: only what changed loads
     assert len(m.kexec.calls) == 2
 
 
@@ -131,7 +106,10 @@ def _ask_during_the_next_load(
     def request_while_loading(*args: Any) -> None:
         if not asked_at:
             asked_at.append(len(m.changes))
-            m.daemon.mark_loading(hardware)
+            if hardware:
+                m.daemon.requests.put(RELOAD, "cpu2 online", must=True, quiet=2.0)
+            else:
+                asked(m)
         original(*args)
 
     monkeypatch.setattr(m.kexec, "_call", request_while_loading)
@@ -147,11 +125,12 @@ def test_a_reload_begun_before_a_request_does_not_end_its_wait(
     m.daemon.reload()
     asked_at = _ask_during_the_next_load(m, monkeypatch)
     m.config.write_text("cmdline_append: [loglevel=7]\n")
-    m.daemon.reload(force=False)  # the edit's reload, already past its start
+    m.daemon.requests.put(RELOAD, f"{m.config} changed", quiet=2.0)
+    serve_next(m)  # the edit's reload; the request comes during its load
     assert "loglevel=7" in m.daemon.status.CommandLine  # the load itself happened
     assert m.daemon.status.State == "loading"  # but the asker must not hear "loaded" yet
     assert "loaded" not in [c.get("State") for c in m.changes[asked_at[0] :]]
-    m.daemon.reload(force=False)  # the coalesced reload for the request
+    serve_next(m)  # the request
     assert m.daemon.status.State == "loaded"
     # The load under way had read the files as they are now: it answers the request.
     assert len(m.kexec.calls) == 2
@@ -163,9 +142,10 @@ def test_a_request_during_a_load_loads_files_changed_since(
     m = Machine(tmp_path, system=True)
     m.daemon.reload()
     _ask_during_the_next_load(m, monkeypatch)
-    m.daemon.reload()
+    asked(m)
+    serve_next(m)
     (m.root / f"boot/initrd.img-{V}").write_bytes(INITRD + b"rebuilt")  # after it was read
-    m.daemon.reload(force=False)
+    serve_next(m)
     assert m.daemon.status.State == "loaded" and len(m.kexec.calls) == 3
     assert m.kexec.calls[-1] == f"load {len(KERNEL)} {len(INITRD) + 7}"
 
@@ -177,8 +157,9 @@ def test_a_hotplug_during_a_load_loads_again(
     m = Machine(tmp_path)
     m.daemon.reload()
     _ask_during_the_next_load(m, monkeypatch, hardware=True)
-    m.daemon.reload()
-    m.daemon.reload(force=False)
+    asked(m)
+    serve_next(m)
+    serve_next(m)
     assert m.daemon.status.State == "loaded" and len(m.kexec.calls) == 3
 
 
@@ -190,11 +171,57 @@ def test_a_failed_load_answers_a_request_made_during_it(
     m.daemon.reload()
     (m.root / f"boot/vmlinuz-{V}").write_bytes(bzimage(xz(), xloadflags=0))  # ENOEXEC
     _ask_during_the_next_load(m, monkeypatch)
-    m.daemon.reload(force=False)
-    m.daemon.reload(force=False)
+    m.daemon.requests.put(RELOAD, "/boot changed", quiet=2.0)
+    serve_next(m)
+    serve_next(m)
     s = m.daemon.status
     assert len(m.kexec.calls) == 3  # the refused load, the previous kernel again; no more
     assert s.State == "loaded" and "loaded again" in s.LastError
+
+
+def test_unload_means_unloaded_until_a_reload_even_across_a_restart(tmp_path: Path) -> None:
+    """Issue 11: after `kdumpd unload`, file events and hotplug do not load again; a
+    Reload does, and the intent outlives the daemon (in /run/kdumpd) but not the boot."""
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    m.daemon.requests.put(UNLOAD, "Unload from busctl[2]")
+    serve_next(m)
+    assert m.daemon.status.State == "not-loaded" and not m.kernel_says_loaded()
+    m.config.write_text("cmdline_append: [loglevel=7]\n")
+    m.daemon.requests.put(RELOAD, f"{m.config} changed", quiet=2.0)
+    serve_next(m)
+    m.daemon.requests.put(RELOAD, "cpu2 online", must=True, quiet=2.0)
+    serve_next(m)
+    assert not m.kernel_says_loaded() and m.kexec.calls[-1] == "unload"
+    again = Machine.restarted(m)  # the daemon started again, as systemd does
+    again.daemon.requests.put(RELOAD, "", must=True)  # its first load (service.start)
+    serve_next(again)
+    assert again.daemon.status.State == "not-loaded" and not again.kernel_says_loaded()
+    asked(again)
+    serve_next(again)
+    assert again.daemon.status.State == "loaded" and again.kernel_says_loaded()
+    assert not (again.root / "run/kdumpd/unloaded").exists()
+
+
+def test_a_restarted_daemon_adopts_what_it_loaded_instead_of_loading_again(
+    tmp_path: Path,
+) -> None:
+    """Issue 11: every start loaded again, and kexec_file_load frees the loaded image
+    first: a gap. The same files, command line, reservation and boot: adopted."""
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    m.daemon.build_environment()  # the capture initramfs, after the machine's own boot
+    assert len(m.kexec.calls) == 2
+    again = Machine.restarted(m)
+    again.daemon.reload()
+    s = again.daemon.status
+    assert again.kexec.calls == [] and (s.State, s.LastError) == ("loaded", "")
+    assert again.daemon.good is not None  # its copies, to restore from later
+    # A changed file, or a new boot, is loaded again.
+    (m.root / "proc/sys/kernel/random/boot_id").write_text("another boot\n")
+    third = Machine.restarted(m)
+    third.daemon.reload()
+    assert len(third.kexec.calls) == 1
 
 
 def test_a_kernel_being_unpacked_is_not_installed_yet(tmp_path: Path) -> None:
@@ -215,10 +242,10 @@ def test_a_kernel_being_unpacked_is_not_installed_yet(tmp_path: Path) -> None:
             raise PermissionError(13, "Permission denied", str(path))
         return real_is_file(path)
 
-    m.daemon.mark_loading()
+    asked(m)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Path, "is_file", denied)
-        m.daemon.reload(force=False)
+        serve_next(m)
     s = m.daemon.status
     assert (s.State, s.KernelVersion, s.LastError) == ("loaded", V, "")
     (m.root / "boot/initrd.img-6.1.0-40-amd64").write_bytes(INITRD)  # postinst's initramfs
