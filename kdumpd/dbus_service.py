@@ -16,6 +16,7 @@ leave as a typed error. pydbus still gives the bus, the name and the client's pr
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,50 @@ def _variants(values: dict[str, Any], types: dict[str, str]) -> dict[str, GLib.V
     return {k: GLib.Variant(types[k], v) for k, v in values.items()}
 
 
+class DumpLister:
+    """ListDumps off the main loop: a dump path on a slow or huge file system must not
+    stall everyone else. One scan at a time, in its own thread; calls that come during a
+    scan are answered by the next one, so any number of callers cost one thread."""
+
+    def __init__(self, path: Callable[[], Path]) -> None:
+        self._path = path
+        self._waiting: list[Call] = []  # the main loop's alone, as _scanning
+        self._scanning = False
+
+    def request(self, call: Call) -> None:
+        self._waiting.append(call)
+        if not self._scanning:
+            self._scan()
+
+    def _scan(self) -> None:
+        self._scanning = True
+        calls, self._waiting = self._waiting, []
+        path = self._path()
+
+        def scan() -> None:
+            try:
+                found = [_variants(d.as_dict(), dumps.FIELD_TYPES) for d in dumps.scan(path)]
+                reply = GLib.Variant("(aa{sv})", (found,))
+                GLib.idle_add(self._answer, calls, lambda: reply)
+            except Exception as e:  # answered as Error.Failed (Call.answer), on the loop
+                error = e
+
+                def fail() -> GLib.Variant:
+                    raise error
+
+                GLib.idle_add(self._answer, calls, fail)
+
+        threading.Thread(target=scan, name="kdumpd-dumps", daemon=True).start()
+
+    def _answer(self, calls: list[Call], produce: Callable[[], GLib.Variant]) -> bool:
+        for call in calls:
+            call.answer(produce)
+        self._scanning = False
+        if self._waiting:
+            self._scan()
+        return False  # GLib: run once
+
+
 class KdumpObject:
     """/org/kdumpd/Kdump1: what anyone may read, and the requests root or polkit admits."""
 
@@ -235,6 +280,9 @@ class KdumpObject:
         self._worker = worker
         self._requests = daemon.requests
         self._owned = True  # see Call; register() knows
+        self._lister = DumpLister(
+            lambda: daemon.config.dump_path if daemon.config else dumps.DEFAULT_PATH
+        )
         self._connection = connection
         self._authorizer = Authorizer(connection, auth_timeout_s)
         self._ready = False
@@ -273,24 +321,20 @@ class KdumpObject:
         if interface == INTERFACE and method in self._privileged:
             action, run = self._privileged[method]
             self._authorizer.check(call, action, lambda who: call.answer(lambda: run(who)))
+        elif method == "ListDumps":
+            self._lister.request(call)
         else:
             call.answer(lambda: self._read(interface, method, parameters.unpack()))
 
     def _read(self, interface: str, method: str, args: tuple[Any, ...]) -> GLib.Variant:
-        """What anyone may call. CrashKernelLoaded is read from the kernel every time."""
-        if method == "ListDumps":
-            return GLib.Variant("(aa{sv})", (self._dumps(),))
+        """What anyone may call but ListDumps. CrashKernelLoaded is read from the kernel
+        every time."""
         status = self._daemon.refresh()
         if interface == PROPERTIES and method == "Get":
             name = args[1]
             return GLib.Variant("(v)", (GLib.Variant(PROPERTY_TYPES[name], getattr(status, name)),))
         # GetStatus, and Properties.GetAll: the same values
         return GLib.Variant("(a{sv})", (_variants(status.as_dict(), PROPERTY_TYPES),))
-
-    def _dumps(self) -> list[dict[str, GLib.Variant]]:
-        cfg = self._daemon.config
-        found = dumps.scan(cfg.dump_path if cfg else dumps.DEFAULT_PATH)
-        return [_variants(d.as_dict(), dumps.FIELD_TYPES) for d in found]
 
     def request_reload(self, why: str, hardware: bool = False) -> None:
         """A reload asked for (D-Bus, SIGHUP, a hook; hotplug: hardware). systemd hears

@@ -5,6 +5,7 @@ DBUS_SYSTEM_BUS_ADDRESS set).
 """
 
 import sys
+import time
 from pathlib import Path
 
 from kdumpd import dumps, environment
@@ -19,13 +20,16 @@ if __name__ == "__main__":
     environment.build(fake_plan(Config(), "", sysroot), cache)
     scan = dumps.scan
 
-    def failing_scan(root: Path) -> list[dumps.Dump]:
+    def fake_scan(root: Path) -> list[dumps.Dump]:
         broken = sysroot / "fake-dumps-error"  # a test's way to make reading the dumps fail
         if broken.exists():
             raise ValueError(broken.read_text())
+        slow = sysroot / "fake-dumps-seconds"  # ... or slow, as a dump path on a dying disk
+        if slow.exists():
+            time.sleep(float(slow.read_text()))
         return scan(root)
 
-    dumps.scan = failing_scan
+    dumps.scan = fake_scan
     daemon = Daemon(config, FakeKexec(sysroot), sysroot, cache=cache, planner=fake_plan)
     worker = start(daemon)  # as `kdumpd serve` does, before the bus exists
     from kdumpd import dbus_service

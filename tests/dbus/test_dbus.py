@@ -276,3 +276,22 @@ def test_reload_then_unload_ends_unloaded_and_stays_so(service: Service) -> None
     assert status(service)["State"] == "loaded" and "edited=1" in status(service)["CommandLine"]
     service.config.write_text("")
     assert service.bus.kdumpd("reload").returncode == 0
+
+
+def test_a_slow_dump_path_does_not_stall_the_daemon(service: Service) -> None:
+    """Issue 11: ListDumps read the dump path on the main loop. While a scan takes its
+    time, everything else is answered; calls that come meanwhile share the next scan."""
+    (service.sysroot / "fake-dumps-seconds").write_text("8")
+    listing = [
+        service.bus.start("busctl", f"--address={service.bus.address}", "call", NAME, PATH,
+                          NAME, "ListDumps")
+        for _ in range(3)
+    ]  # fmt: skip
+    for _ in range(5):
+        assert get(service, "State") == 's "loaded"'
+    assert service.bus.kdumpd("status").returncode == 0
+    assert all(p.poll() is None for p in listing)  # still scanning, and nobody waited
+    (service.sysroot / "fake-dumps-seconds").unlink()
+    for p in listing:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0 and out.startswith("aa{sv} "), err

@@ -121,7 +121,9 @@ def internal_errors_since(g: Guest, after: str) -> list[str]:
 
 
 def loads_since(g: Guest, after: str) -> list[str]:
-    return [m for m in entries_since(g, after, MSG_LOADED) if m.startswith("crash kernel")]
+    """Loads, not adoptions (a restarted daemon taking over what is loaded)."""
+    loaded = entries_since(g, after, MSG_LOADED)
+    return [m for m in loaded if m.startswith("crash kernel") and not m.endswith("adopted")]
 
 
 def no_more_loads(g: Guest, after: str, expected: int) -> None:

@@ -1,7 +1,7 @@
 """Issue 10: kdumpd's own capture initramfs. A stock Debian 12 machine (the distribution's
 default MODULES=most initramfs) captures with a small reservation; the dump file system
 is reached on LVM; where the initramfs cannot reach it (a loop file), the machine's own
-boot is armed instead, and said so."""
+boot is armed instead, and said so; each with the reservation kdumpd recommends."""
 
 from __future__ import annotations
 
@@ -109,7 +109,8 @@ def test_the_dump_goes_to_an_lvm_logical_volume(
     assert "capture mode: initramfs\n" in g.run("kdumpd check").stdout
     offset = g.console_offset()
     crash_and_come_back(g, "capture complete")
-    assert "kdumpd: loading dm-mod.ko" not in g.console_text(offset)  # loaded, not refused
+    console = g.console_text(offset)
+    assert "kdumpd: /dev/mapper/crashvg-dumps mounted on /run/kdumpd/target" in console
     dump = _one_complete_dump(g)
     assert g.run("findmnt -n -o SOURCE /var/crash").stdout.strip() == "/dev/mapper/crashvg-dumps"
     assert g.run(f"test -s {dump['Path']}/vmcore", check=False).rc == 0
@@ -125,13 +126,23 @@ mount /var/crash
 """
 
 
+# What kdumpd recommends for capture mode system on the stock guest: its initramfs is 31.5
+# MiB of zstd and unpacks to 132 MiB (RecommendedBytes reads that from the file).
+STOCK_SYSTEM_MB = 272
+
+
 def test_an_unreachable_dump_path_arms_the_systems_own_boot(
-    make_guest: GuestFactory, kdumpd_deb: Path
+    make_guest: GuestFactory, stock_image: ImagePaths, kdumpd_deb: Path
 ) -> None:
-    g = make_guest(append="crashkernel=256M")
+    """On the stock machine, booted with exactly what kdumpd recommends for this mode."""
+    g = make_guest(append=f"crashkernel={STOCK_SYSTEM_MB}M", image=stock_image)
     g.run(LOOP_SETUP)
     g.install_deb(kdumpd_deb)
     s = wait_armed(g, mode="system")
+    recommended_mb = int(s["RecommendedBytes"]) >> 20
+    assert s["ReservedBytes"] == STOCK_SYSTEM_MB << 20, s
+    assert STOCK_SYSTEM_MB - 16 < recommended_mb <= STOCK_SYSTEM_MB, s  # booted with it
+    assert "warning" not in s["LastError"], s
     assert s["Initrd"].startswith("/boot/initrd.img-")
     assert "capture boots the system's own initramfs and systemd" in s["LastError"], s
     assert "is a loop device" in s["LastError"], s

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.vm.guest import Guest, GuestFactory
+from tests.vm.image import ImagePaths
 from tests.vm.kdumpd_guest import (
     MSG_LOAD_FAILED,
     crash_loaded,
@@ -28,8 +29,12 @@ from tests.vm.kdumpd_guest import (
 
 
 @pytest.fixture(scope="module")
-def guest(make_guest_module: GuestFactory, kdumpd_deb: Path) -> Iterator[Guest]:
-    g = make_guest_module(append="crashkernel=256M", cpus=2)
+def guest(
+    make_guest_module: GuestFactory, stock_image: ImagePaths, kdumpd_deb: Path
+) -> Iterator[Guest]:
+    """A stock machine (Debian's MODULES=most initramfs): what users have, where
+    update-initramfs and kernel installs take as long as theirs do."""
+    g = make_guest_module(append="crashkernel=256M", cpus=2, image=stock_image)
     g.install_deb(kdumpd_deb)
     wait_armed(g)
     yield g
