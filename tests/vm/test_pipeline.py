@@ -106,6 +106,14 @@ def test_systemd_hears_ready_after_the_load_and_status_in_words(guest: Guest) ->
     assert s["State"] == "loaded" and len(loads_since(g, mark)) == 1, s
     text = g.run("systemctl show -p StatusText --value kdumpd").stdout.strip()
     assert text == f"crash kernel {s['KernelVersion']} loaded", text
+    # RELOADING=1 from the request until READY=1 after it: systemd shows "reloading".
+    watch = (
+        "kdumpd reload & p=$!; seen=no; while kill -0 $p 2>/dev/null; do "
+        '[ "$(systemctl show -p ActiveState --value kdumpd)" = reloading ] && seen=yes; '
+        "done; wait $p; echo $seen"
+    )
+    assert g.run(watch).stdout.split()[-1] == "yes"
+    assert g.run("systemctl show -p ActiveState --value kdumpd").stdout.strip() == "active"
     g.write_file("/etc/kdumpd/kdumpd.yaml", b"")
     wait_for(g, "the edit loaded", lambda s: "fresh=1" not in s["CommandLine"])
 
