@@ -23,6 +23,8 @@ from kdumpd import config, dumps, journal, vmcore
 from kdumpd.sizes import human_size
 
 VMCORE = Path("/proc/vmcore")
+# Dumps already announced, under the sysroot (StateDirectory=kdumpd in the unit).
+ANNOUNCED = Path("var/lib/kdumpd/announced-dumps")
 COMPRESSION_FLAGS = {"lzo": "-l", "zstd": "-z", "zlib": "-c", "none": ""}
 ACTION_COMMANDS = {
     # --force: skip stopping services (there are none worth stopping here) but still
@@ -344,8 +346,9 @@ def main(config_path: Path) -> int:
     return 0 if ok else 1
 
 
-def announce_new(root: Path, state_file: Path) -> None:
-    """On the first start after a capture: one journal entry per dump not announced yet."""
+def announce_new(root: Path, state_file: Path, signal: Callable[[dumps.Dump], None]) -> None:
+    """On the first start after a capture: one journal entry and one `signal` (DumpFound)
+    per dump not announced yet."""
     try:
         announced = set(state_file.read_text().split("\n"))
     except FileNotFoundError:
@@ -366,6 +369,7 @@ def announce_new(root: Path, state_file: Path) -> None:
             panic_message=d.panic_message,
             dump_complete=int(d.complete),
         )
+        signal(d)
     if new or not state_file.exists():
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text("\n".join(sorted(d.path.name for d in found)) + "\n")

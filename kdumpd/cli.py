@@ -17,8 +17,6 @@ from kdumpd.sizes import SizeError, format_size, human_size, parse_size
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_NOT_LOADED = 3  # like `systemctl is-active`
-# Dumps already announced in the journal (StateDirectory=kdumpd in the unit).
-ANNOUNCED = Path("/var/lib/kdumpd/announced-dumps")
 
 
 def _print_json(value: Any) -> None:
@@ -38,13 +36,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     daemon = Daemon(args.config, Kexec())
     worker = start(daemon)
-    from kdumpd import capture, dbus_service
+    from kdumpd import dbus_service
 
-    try:
-        dump_path = config.load(args.config).dump_path
-    except config.ConfigError:
-        dump_path = config.Config().dump_path  # the first load reports the error
-    capture.announce_new(dump_path, ANNOUNCED)
     return dbus_service.serve(daemon, worker)
 
 

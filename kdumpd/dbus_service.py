@@ -24,7 +24,7 @@ from typing import Any
 from gi.repository import Gio, GLib
 from pydbus import SystemBus
 
-from kdumpd import UserError, dumps, journal, requests
+from kdumpd import UserError, capture, config, dumps, journal, requests
 from kdumpd.requests import BUILD, RELOAD, UNLOAD
 from kdumpd.service import Daemon, Status
 from kdumpd.watch import Watcher
@@ -61,6 +61,7 @@ INTROSPECTION = f"""
     <method name="ListDumps"><arg name="dumps" type="aa{{sv}}" direction="out"/></method>
     <method name="Reload"/>
     <method name="Unload"/>
+    <signal name="DumpFound"><arg name="dump" type="a{{sv}}"/></signal>
   </interface>
 </node>
 """
@@ -222,6 +223,11 @@ def _variants(values: dict[str, Any], types: dict[str, str]) -> dict[str, GLib.V
     return {k: GLib.Variant(types[k], v) for k, v in values.items()}
 
 
+def _dump_entry(d: dumps.Dump) -> dict[str, GLib.Variant]:
+    """One dump as ListDumps lists it and DumpFound sends it."""
+    return _variants(d.as_dict(), dumps.FIELD_TYPES)
+
+
 class DumpLister:
     """ListDumps off the main loop: a dump path on a slow or huge file system must not
     stall everyone else. One scan at a time, in its own thread; calls that come during a
@@ -244,7 +250,7 @@ class DumpLister:
 
         def scan() -> None:
             try:
-                found = [_variants(d.as_dict(), dumps.FIELD_TYPES) for d in dumps.scan(path)]
+                found = [_dump_entry(d) for d in dumps.scan(path)]
                 reply = GLib.Variant("(aa{sv})", (found,))
                 GLib.idle_add(self._answer, calls, lambda: reply)
             except Exception as e:  # answered as Error.Failed (Call.answer), on the loop
@@ -376,6 +382,11 @@ class KdumpObject:
             GLib.Variant("(sa{sv}as)", (INTERFACE, _variants(changed, PROPERTY_TYPES), [])),
         )
 
+    def dump_found(self, d: dumps.Dump) -> None:
+        self._connection.emit_signal(
+            None, OBJECT_PATH, INTERFACE, "DumpFound", GLib.Variant("(a{sv})", (_dump_entry(d),))
+        )
+
 
 def _status_words(status: Status) -> str:
     if status.State == "loaded":
@@ -416,6 +427,13 @@ def serve(
         journal.send(journal.ERR, f"cannot own {BUS_NAME} on the system bus: {e}")
         bus.con.unregister_object(registration)
         return 1
+    # Only now, on the bus, so that DumpFound reaches whoever listens: before any call is
+    # answered (the loop is not running yet), which is what tests/dbus rely on.
+    try:
+        dump_path = config.load(daemon.config_path).dump_path
+    except config.ConfigError:
+        dump_path = config.Config().dump_path  # the first load reports the error
+    capture.announce_new(dump_path, daemon.sysroot / capture.ANNOUNCED, obj.dump_found)
 
     worker.connect(lambda: GLib.idle_add(obj.served))
     obj.watcher.watch_hotplug()

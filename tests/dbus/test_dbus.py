@@ -50,6 +50,7 @@ def test_introspection_shows_the_spec_api(service: Service) -> None:
         ("ConfigPath", "s"),
     ):
         assert any(line.split()[:3] == [f".{prop}", "property", sig] for line in out.splitlines())
+    assert any(line.split()[:3] == [".DumpFound", "signal", "a{sv}"] for line in out.splitlines())
 
 
 def test_anyone_can_read_the_status(service: Service) -> None:

@@ -172,14 +172,18 @@ def test_announce_once(
 ) -> None:
     monkeypatch.setattr("kdumpd.journal._JOURNAL_SOCKET", str(tmp_path / "no-journal"))
     state = tmp_path / "state" / "announced"
+    signalled: list[dumps.Dump] = []
     _dump(tmp_path / "crash", "a", usec=1)
-    capture.announce_new(tmp_path / "crash", state)
+    capture.announce_new(tmp_path / "crash", state, signalled.append)
     assert "a crash dump was saved" in capsys.readouterr().err
-    capture.announce_new(tmp_path / "crash", state)
+    assert [d.path.name for d in signalled] == ["a"]
+    capture.announce_new(tmp_path / "crash", state, signalled.append)
     assert capsys.readouterr().err == ""
+    assert len(signalled) == 1
     _dump(tmp_path / "crash", "b", usec=2, complete=False)
-    capture.announce_new(tmp_path / "crash", state)
+    capture.announce_new(tmp_path / "crash", state, signalled.append)
     assert "could not be saved" in capsys.readouterr().err
+    assert [(d.path.name, d.complete) for d in signalled] == [("a", True), ("b", False)]
 
 
 FSTAB = """\
