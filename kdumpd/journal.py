@@ -1,7 +1,8 @@
 """Structured journal entries, and the systemd notifications that go with them.
 
 Each event that an administrator may want to find or alert on has a MESSAGE_ID, explained
-in conf/kdumpd.catalog. Outside systemd (a container, a test), entries go to stderr.
+in conf/kdumpd.catalog (installed as /usr/lib/systemd/catalog/kdumpd.catalog, for
+`journalctl -x`). Outside systemd (a container, a test), entries go to stderr.
 """
 
 from __future__ import annotations

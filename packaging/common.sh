@@ -61,7 +61,8 @@ kdumpd_system_env() {
 kdumpd_check_tree() {
     local f missing=0
     for f in pyproject.toml kdumpd/__init__.py README.md units/kdumpd.service \
-        conf/kdumpd.yaml conf/org.kdumpd.Kdump1.conf conf/org.kdumpd.Kdump1.policy \
+        conf/kdumpd.yaml conf/kdumpd.catalog conf/org.kdumpd.Kdump1.conf \
+        conf/org.kdumpd.Kdump1.policy \
         conf/hooks/kernel-postinst conf/hooks/kernel-postrm \
         conf/hooks/initramfs-post-update conf/hooks/90-kdumpd.install; do
         if [ ! -e "$KDUMPD_TOP/$f" ]; then
