@@ -7,12 +7,13 @@ DIST := dist
 # Host packages: the daemon's own dependencies (for the unit and D-Bus tests), QEMU and
 # debootstrap (VM tests), the packaging tool chains, makedumpfile (the VM tests read the
 # guests' dumps back with it), busybox (its sh checks the capture initramfs's /init) and
-# zstd (a unit test compresses an initrd as mkinitramfs does).
+# zstd (a unit test compresses an initrd as mkinitramfs does), man-db (a unit test renders
+# the man pages with `man --warnings`, as lintian does).
 APT_PACKAGES := python3-venv python3-pip python3-gi python3-pydbus python3-systemd \
 	python3-yaml python3-dbusmock dbus policykit-1 qemu-system-x86 qemu-utils debootstrap \
 	e2fsprogs dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-setuptools \
 	python3-all python3-wheel python3-build python3-installer lintian rpm rpmlint python3-rpm \
-	devscripts fakeroot git systemd makedumpfile busybox zstd
+	devscripts fakeroot git systemd makedumpfile busybox zstd man-db
 PIP_PACKAGES := pytest ruff mypy types-PyYAML
 
 .PHONY: all deps venv lint unit dbus vm test demo deb rpm image bench bench-reservation bench-compression clean
