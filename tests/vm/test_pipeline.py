@@ -11,6 +11,8 @@ import pytest
 
 from tests.vm.guest import Guest, GuestFactory
 from tests.vm.kdumpd_guest import (
+    BUSCTL,
+    OBJ,
     crash_loaded,
     cursor,
     daemon_messages_since,
@@ -51,7 +53,9 @@ def test_reload_then_unload_ends_unloaded_every_time(guest: Guest) -> None:
     g = guest
     for i in range(20):
         gap = 0.1 + 0.9 * i / 19  # 0.1 to 1 s apart, as the issue measured
-        r = g.run(f"kdumpd reload & sleep {gap:.2f}; kdumpd unload; rc=$?; wait; exit $rc")
+        # busctl returns once the Reload is queued; `kdumpd reload` would race its own
+        # start-up against the unload's.
+        r = g.run(f"{BUSCTL} call {OBJ} Reload && sleep {gap:.2f} && kdumpd unload")
         s = status(g)
         assert (s["State"], crash_loaded(g)) == ("not-loaded", "0"), (gap, r, s)
     g.run("kdumpd reload")
