@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kdumpd import UserError, cmdline, config, environment, images, kernels, reservation
+from kdumpd import UserError, cmdline, config, environment, images, kernels, reservation, skew
 from kdumpd.sizes import SizeError, format_size, human_size, parse_size
 
 EXIT_OK = 0
@@ -162,6 +162,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         problems.append(f"{verdict.message} Set {verdict.suggestion}.")
     elif verdict.state == "below-recommended":
         warnings.append(f"{verdict.message} Set {verdict.suggestion}.")
+    if skewed := skew.warning(skew.installed_version(sysroot), platform.release()):
+        warnings.append(skewed)
     try:
         running = (sysroot / "proc/cmdline").read_text().strip()
         line = cmdline.build(
