@@ -178,7 +178,7 @@ def _grub_literal(line: str) -> str:
     return _shell_value(assign.group(2), {}) if assign else ""
 
 
-def _grub(sysroot: Path, files: list[tuple[Path, str]]) -> Configured:
+def _grub(files: list[tuple[Path, str]]) -> Configured:
     variables = {"GRUB_CMDLINE_LINUX": "", "GRUB_CMDLINE_LINUX_DEFAULT": ""}
     settings: list[Setting] = []
     for path, text in files:
@@ -245,7 +245,7 @@ def configured(sysroot: Path) -> Configured:
     """The crashkernel= the next boot gets, from the boot loader's configuration."""
     kind = detect(sysroot)
     if kind == "grub":
-        return _grub(sysroot, _grub_texts(sysroot))
+        return _grub(_grub_texts(sysroot))
     if kind == "kernel-install":
         return _kernel_install(sysroot)
     return _grubby(sysroot)
