@@ -11,7 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kdumpd import UserError, cmdline, config, environment, images, kernels, reservation
+from kdumpd import (
+    UserError,
+    bootloader,
+    cmdline,
+    config,
+    environment,
+    images,
+    kernels,
+    reservation,
+    skew,
+)
 from kdumpd.sizes import SizeError, format_size, human_size, parse_size
 
 EXIT_OK = 0
@@ -53,6 +63,16 @@ _MODES = {
 }
 
 
+def next_boot(sysroot: Path) -> str:
+    """For `kdumpd status`: the crashkernel= configured for the next boot, when it is not
+    the one in effect; "" when they agree or the boot loader's files cannot be read."""
+    try:
+        running = (sysroot / "proc/cmdline").read_text()
+        return bootloader.difference(running, bootloader.configured(sysroot))
+    except (OSError, UserError):
+        return ""
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from kdumpd import dbus_service
 
@@ -71,6 +91,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             ("Capture mode", _MODES.get(status["CaptureMode"], "-")),
             ("Command line", status["CommandLine"] or "-"),
             ("Reservation", f"{reserved} (capture needs about {recommended})"),
+            *([("Next boot", note)] if (note := next_boot(Path("/"))) else []),
             ("Last load", _when(status["LastLoadUsec"])),
             ("Last error", status["LastError"] or "-"),
             ("Config", status["ConfigPath"]),
@@ -155,6 +176,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         problems.append(f"{verdict.message} Set {verdict.suggestion}.")
     elif verdict.state == "below-recommended":
         warnings.append(f"{verdict.message} Set {verdict.suggestion}.")
+    if skewed := skew.warning(skew.installed_version(sysroot), platform.release()):
+        warnings.append(skewed)
     try:
         running = (sysroot / "proc/cmdline").read_text().strip()
         line = cmdline.build(
@@ -177,27 +200,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_crashkernel(args: argparse.Namespace) -> int:
-    res = reservation.read_reservation(Path("/"))
-    try:
-        ram = parse_size(args.memory) if args.memory else res.ram_bytes
-    except SizeError as e:
-        raise UserError(f"--memory: {e}") from None
-    if args.value is not None:
-        value = args.value.removeprefix("crashkernel=")
-        try:
-            param = reservation.parse_crashkernel_value(value)
-        except reservation.CrashKernelSyntaxError as e:
-            raise UserError(str(e)) from None
-        reserved = param.reserved_bytes(ram)
-        if args.json:
-            _print_json({"value": value, "memory_bytes": ram, "reserved_bytes": reserved})
-        else:
-            print(
-                f"crashkernel={value} reserves {format_size(reserved) if reserved else 'nothing'}"
-                f" on a machine with {human_size(ram)} of RAM"
-            )
-        return EXIT_OK
+def _recommended(ram: int) -> int:
+    """The reservation capture needs on a machine with `ram`, as the daemon would arm it."""
     try:
         cfg = config.load()
     except config.ConfigError:
@@ -209,7 +213,75 @@ def cmd_crashkernel(args: argparse.Namespace) -> int:
     except (kernels.KernelNotFound, OSError):
         kernel_size = initrd_size = unpacked = 0
         mode = "system"
-    recommended = reservation.recommended_bytes(ram, kernel_size, initrd_size, unpacked, mode)
+    return reservation.recommended_bytes(ram, kernel_size, initrd_size, unpacked, mode)
+
+
+def _parse_value(value: str) -> reservation.CrashKernelParam:
+    try:
+        return reservation.parse_crashkernel_value(value)
+    except reservation.CrashKernelSyntaxError as e:
+        raise UserError(f"{e} (e.g. 256M, or 2G-64G:256M,64G-:512M)") from None
+
+
+def set_crashkernel(
+    value: str,
+    force: bool,
+    sysroot: Path = Path("/"),
+    runner: Callable[[tuple[str, ...]], None] = bootloader.run,
+) -> int:
+    """`kdumpd crashkernel --set`: show the change, refuse to override an administrator's
+    crashkernel= without --force, write it, and check what the next boot gets."""
+    value = value.removeprefix("crashkernel=")
+    _parse_value(value)
+    change = bootloader.plan(sysroot, value)
+    if change.unchanged:
+        print(f"crashkernel={value} is configured for the next boot already; nothing to do")
+        return EXIT_OK
+    if change.elsewhere and not force:
+        where = "; ".join(map(str, change.elsewhere))
+        raise UserError(
+            f"crashkernel= is set already ({where}); remove it there, or run again with "
+            f"--force to write crashkernel={value} anyway"
+        )
+    for line in change.diff:
+        print(line)
+    for setting in change.elsewhere:
+        print(f"note: --force: crashkernel={value} replaces or overrides {setting}")
+    bootloader.apply(change, sysroot, runner)
+    after = bootloader.configured(sysroot).values
+    if not bootloader.gets(after, value):
+        raise UserError(
+            f"wrote {change.path or change.commands[0][0]}, but the next boot gets "
+            f"{' '.join(f'crashkernel={v}' for v in after.values()) or 'no crashkernel='}: "
+            "the boot loader's configuration sets it after kdumpd's"
+        )
+    print(f"crashkernel={value} is configured for the next boot; reboot to apply it")
+    return EXIT_OK
+
+
+def cmd_crashkernel(args: argparse.Namespace) -> int:
+    res = reservation.read_reservation(Path("/"))
+    try:
+        ram = parse_size(args.memory) if args.memory else res.ram_bytes
+    except SizeError as e:
+        raise UserError(f"--memory: {e}") from None
+    if args.set:
+        if args.json:
+            raise UserError("--json does not go with --set")
+        value = args.value or format_size(_recommended(ram))
+        return set_crashkernel(value, args.force)
+    if args.value is not None:
+        value = args.value.removeprefix("crashkernel=")
+        reserved = _parse_value(value).reserved_bytes(ram)
+        if args.json:
+            _print_json({"value": value, "memory_bytes": ram, "reserved_bytes": reserved})
+        else:
+            print(
+                f"crashkernel={value} reserves {format_size(reserved) if reserved else 'nothing'}"
+                f" on a machine with {human_size(ram)} of RAM"
+            )
+        return EXIT_OK
+    recommended = _recommended(ram)
     verdict = reservation.assess(res, recommended)
     params = {kind: p.text for kind, p in res.params.items()}
     if args.json:
@@ -297,6 +369,17 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--memory", metavar="SIZE", help="RAM size to evaluate VALUE against")
     s.add_argument("--json", action="store_true")
+    s.add_argument(
+        "--set",
+        action="store_true",
+        help="write crashkernel=VALUE (default: the recommended value) where the boot "
+        "loader reads it; a reboot applies it",
+    )
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="with --set: also when crashkernel= is set already in a file kdumpd does not own",
+    )
     s.add_argument("value", nargs="?", metavar="VALUE", help="e.g. 2G-64G:256M,64G-:512M")
     s.set_defaults(func=cmd_crashkernel)
 

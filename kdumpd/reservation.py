@@ -36,6 +36,7 @@ __all__ = [
     "capture_estimate",
     "crash_ranges",
     "crashkernel_params",
+    "crashkernel_values",
     "default_low_bytes",
     "nice_size",
     "parse_crashkernel_value",
@@ -255,7 +256,7 @@ def parse_crashkernel_value(value: str) -> CrashKernelParam:
     )
 
 
-def _crashkernel_values(cmdline: str) -> dict[str, str]:
+def crashkernel_values(cmdline: str) -> dict[str, str]:
     """The last crashkernel= value of each kind, found as the kernel finds them.
 
     get_last_crashkernel() does a plain strstr() for "crashkernel=" over the
@@ -282,7 +283,7 @@ def crashkernel_params(cmdline: str) -> dict[str, CrashKernelParam]:
     wins, as in the kernel. Raises CrashKernelSyntaxError for the first kind
     whose (last) value does not parse.
     """
-    values = _crashkernel_values(cmdline)
+    values = crashkernel_values(cmdline)
     return {kind: parse_crashkernel_value(values[kind]) for kind in KINDS if kind in values}
 
 
