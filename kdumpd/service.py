@@ -19,17 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdumpd import (
-    cmdline,
-    config,
-    environment,
-    images,
-    journal,
-    kernels,
-    requests,
-    reservation,
-    skew,
-)
+from kdumpd import cmdline, config, environment, images, journal, kernels, requests, reservation
 from kdumpd.loader import Image, Kexec, KexecError, snapshot
 from kdumpd.sizes import format_size, human_size
 
@@ -333,11 +323,6 @@ class Daemon:
         if verdict.state == "below-recommended":
             warning = f"warning: {verdict.message} Set {verdict.suggestion}."
             journal.send(journal.WARNING, warning, journal.MSG_RESERVATION)
-        # makedumpfile reads the release of the kernel it dumps: the running one.
-        dumper = skew.installed_version(self.sysroot)
-        if skewed := skew.warning(dumper, platform.release()):
-            journal.send(journal.WARNING, skewed, kernel_version=platform.release())
-            warning = " ".join(filter(None, (warning, f"warning: {skewed}")))
         new = self._prepare(files, arming, cfg)
         self._load(new, warning, note, arming.why)
 
