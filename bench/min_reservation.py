@@ -40,7 +40,7 @@ def attempt(service: Service, size_mb: int, memory_mb: int, workdir: Path) -> st
         service.install(g)
         note = ""
         if service.name.startswith("kdumpd"):
-            state = wait_armed(g, service.name.removeprefix("kdumpd-") or "initramfs")
+            state = wait_armed(g, "system" if service.name == "kdumpd-system" else "initramfs")
             note = f" (kdumpd recommends {int(state['RecommendedBytes']) >> 20}M)"
         if crash_loaded(g) != "1":
             return "not loaded"
