@@ -143,5 +143,5 @@ def test_a_stopped_daemon_is_restarted_by_the_watchdog(guest: Guest) -> None:
     _wait_for_a_new_daemon(g, before, timeout=240)
     assert wait_state(g)["State"] == "loaded" and crash_loaded(g) == "1"
     watchdog = g.run(f"journalctl --no-pager -o cat -u kdumpd --after-cursor='{mark}'").stdout
-    assert "Watchdog timeout" in watchdog, watchdog
+    assert "Failed with result 'watchdog'" in watchdog, watchdog
     assert loads_since(g, mark) == []
