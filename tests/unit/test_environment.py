@@ -167,7 +167,8 @@ def test_a_separate_dump_file_system_and_a_symlinked_dump_path(tmp_path: Path) -
     assert (t.fstype, t.subdir) == ("xfs", "crash")
 
 
-def test_lvm_is_followed_to_its_disks(tmp_path: Path) -> None:
+def lvm_machine(tmp_path: Path) -> Path:
+    """machine(), with /var/crash on the LV crashvg/dumps (dm-0) on vda1."""
     mount = "22 1 253:0 / /var/crash rw - ext4 /dev/mapper/crashvg-dumps rw\n"
     root = machine(tmp_path, ROOT_MOUNT + mount)
     dm = _block(
@@ -182,6 +183,11 @@ def test_lvm_is_followed_to_its_disks(tmp_path: Path) -> None:
     (dm / "dm/name").write_text("crashvg-dumps\n")
     _link(dm / "slaves/vda1", root / "sys/class/block/vda1")
     (root / "sys/module/dm_mod").mkdir(parents=True)
+    return root
+
+
+def test_lvm_is_followed_to_its_disks(tmp_path: Path) -> None:
+    root = lvm_machine(tmp_path)
     (root / "sys/module/dm_thin_pool").mkdir()
     t = environment.find_target(root, Path("/var/crash"))
     assert (t.uuid, t.subdir, t.volume_groups) == ("1111-2222", "", ("crashvg",))
@@ -267,20 +273,7 @@ def test_stage_one_mounts_the_root_and_runs_stage_two_from_it(tmp_path: Path) ->
 
 
 def test_a_dump_file_system_of_its_own_is_mounted_by_stage_two(tmp_path: Path) -> None:
-    mount = "22 1 253:0 / /var/crash rw - ext4 /dev/mapper/crashvg-dumps rw\n"
-    root = machine(tmp_path, ROOT_MOUNT + mount)
-    dm = _block(
-        root,
-        root / "sys/devices/virtual/block/dm-0",
-        "dm-0",
-        "253:0",
-        "E:ID_FS_UUID=1111-2222\nE:DM_VG_NAME=crashvg\nE:DM_LV_NAME=dumps\n",
-    )
-    (dm / "dm").mkdir()
-    (dm / "dm/uuid").write_text("LVM-abcdef\n")
-    (dm / "dm/name").write_text("crashvg-dumps\n")
-    _link(dm / "slaves/vda1", root / "sys/class/block/vda1")
-    (root / "sys/module/dm_mod").mkdir(parents=True)
+    root = lvm_machine(tmp_path)
     _installed(root, "usr/sbin/lvm")
     settings, script, unpacked = _plan(root, config.Config())
     assert "vgchange" not in script and not (unpacked / "usr/sbin/lvm").exists()  # root: no LVM
