@@ -106,6 +106,15 @@ PHASES = (
 )
 
 
+def _print_boot_chain(g: Guest, service: Service) -> None:
+    """What the boot after the crash waited for, so the next bottleneck is visible."""
+    for args in (["time"], ["critical-chain", "multi-user.target"], ["blame"]):
+        out = g.run(["systemd-analyze", "--no-pager", *args], check=False).stdout
+        lines = out.splitlines()[:15]
+        print(f"\n{service.name}, boot after the crash: systemd-analyze {args[0]}", file=sys.stderr)
+        print("\n".join(lines), file=sys.stderr)
+
+
 def measure(service: Service, workdir: Path) -> dict[str, float]:
     image = ensure_image(stock=True)
     opts = BootOptions(append="crashkernel=256M")
@@ -133,6 +142,7 @@ def measure(service: Service, workdir: Path) -> dict[str, float]:
         results["panic -> own kernel again (s)"] = time.monotonic() - t0
         g.wait_booted()
         results["panic -> multi-user (s)"] = time.monotonic() - t0
+        _print_boot_chain(g, service)
         g.shutdown()
     return results
 
