@@ -31,6 +31,7 @@ class Service:
     unit: str
     install: Callable[[Guest], object]
     saved: str  # console text once the dump is on disk
+    daemon: bool = False  # stays running (kdump-tools' unit is a oneshot)
 
 
 def _missing_packages(g: Guest, package: str) -> list[str]:
@@ -99,6 +100,13 @@ def boot_load_seconds(g: Guest, unit: str) -> float:
     return (int(values["ActiveEnterTimestampMonotonic"]) - start) / 1e6
 
 
+def resident_mib(g: Guest, unit: str) -> float:
+    pid = g.run(["systemctl", "show", "-p", "MainPID", "--value", unit]).stdout.strip()
+    status = g.read_file(f"/proc/{pid}/status").decode()
+    kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return kib / 1024
+
+
 # After the panic, in this order on the console.
 PHASES = (
     ("panic -> crash kernel starts (s)", r"Command line: .*elfcorehdr="),
@@ -128,6 +136,8 @@ def measure(service: Service, workdir: Path) -> dict[str, float]:
         if service.name == "kdumpd":
             wait_armed(g)
         results = {"boot: load crash kernel (s)": boot_load_seconds(g, service.unit)}
+        if service.daemon:
+            results["daemon RSS, armed (MiB)"] = resident_mib(g, service.unit)
         assert crash_loaded(g) == "1", f"{service.name} did not load a crash kernel"
         t0 = time.monotonic()
         g.run("sync")  # the crash kernel reads the disk, not our page cache
@@ -151,14 +161,19 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="kdumpd-bench-"))
     deb = build_deb(work)
     services = [
-        Service("kdumpd", "kdumpd.service", lambda g: g.install_deb(deb), r"kdumpd: dump saved"),
+        Service(
+            "kdumpd", "kdumpd.service", lambda g: g.install_deb(deb), r"kdumpd: dump saved", True
+        ),
         Service("kdump-tools", "kdump-tools.service", install_kdump_tools, r"saved vmcore in"),
     ]
     table = {s.name: measure(s, work) for s in services if not argv or s.name in argv}
-    rows = list(next(iter(table.values())))
+    rows = list(dict.fromkeys(row for results in table.values() for row in results))
     print(f"\n{'':32}" + "".join(f"{name:>14}" for name in table))
     for row in rows:
-        print(f"{row:32}" + "".join(f"{table[name][row]:14.1f}" for name in table))
+        cells = (
+            f"{table[name][row]:14.1f}" if row in table[name] else f"{'-':>14}" for name in table
+        )
+        print(f"{row:32}" + "".join(cells))
     return 0
 
 

@@ -253,7 +253,8 @@ def find_target(sysroot: Path, dump_path: Path) -> Target:
 
 def module_name(path: str) -> str:
     """kernel/drivers/md/dm-mod.ko.xz -> dm_mod (as modprobe normalises names)."""
-    return Path(path).name.split(".ko", 1)[0].replace("-", "_")
+    # String operations, not Path: modules.dep has thousands of lines, read at every load.
+    return path.rpartition("/")[2].split(".ko", 1)[0].replace("-", "_")
 
 
 @dataclass
