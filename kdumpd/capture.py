@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdumpd import config, dumps, journal, vmcore
+from kdumpd import config, crashtest, dumps, journal, vmcore
 from kdumpd.sizes import human_size
 
 VMCORE = Path("/proc/vmcore")
@@ -222,6 +222,8 @@ class Capture:
     source: Path = VMCORE
     # The dump's capture.log: kept after the reboot, where the crash kernel's journal is not.
     log: Path | None = field(default=None, init=False)
+    folder: Path | None = field(default=None, init=False)  # once made
+    error: str = field(default="", init=False)  # why the dump was not saved
 
     def _log_lines(self, lines: list[str]) -> None:
         if self.log:
@@ -246,6 +248,7 @@ class Capture:
             shutil.rmtree(victim, ignore_errors=True)
         folder = root / folder_name(started, version)
         folder.mkdir()
+        self.folder = folder
         self.log = folder / dumps.CAPTURE_LOG
         self._say(f"saving the dump of {version} to {folder}")
         panic, compression, size, error = "", self.cfg.compression, 0, ""
@@ -255,7 +258,7 @@ class Capture:
             check_space(stat.f_bavail * stat.f_frsize, self.cfg.min_free_space, root)
             size, compression = self._dump(folder)
         except CaptureError as e:
-            error = str(e)
+            error = self.error = str(e)
             self._say(f"capture FAILED: {error}")
         meta = metadata(
             started=started,
@@ -324,11 +327,13 @@ def save(cfg: config.Config) -> bool:
         say(f"{VMCORE} does not exist: this is not a crash kernel; nothing to do")
         ok = False
     else:
+        capture = Capture(cfg)
         try:
-            ok = Capture(cfg).run()
+            ok = capture.run()
         except (OSError, CaptureError) as e:
             say(f"capture FAILED: {e}")
-            ok = False
+            ok, capture.error = False, str(e)
+        crashtest.capture_record(Path("/"), ok, capture.error, capture.folder)
     say(f"{'capture complete' if ok else 'capture failed'}; {action_after(cfg, ok)}")
     os.sync()
     return ok

@@ -93,12 +93,40 @@ def cmd_status(args: argparse.Namespace) -> int:
             ("Reservation", f"{reserved} (capture needs about {recommended})"),
             *([("Next boot", note)] if (note := next_boot(Path("/"))) else []),
             ("Last load", _when(status["LastLoadUsec"])),
+            ("Last test", _test_words(status["LastTestResult"], status["LastTestUsec"])),
             ("Last error", status["LastError"] or "-"),
             ("Config", status["ConfigPath"]),
         ]
         for label, value in rows:
             print(f"{label + ':':14} {value}")
     return EXIT_OK if status["CrashKernelLoaded"] else EXIT_NOT_LOADED
+
+
+def _test_words(result: str, usec: int) -> str:
+    if not result:
+        return "never (kdumpd test)"
+    return f"{result} ({_when(usec)}; journalctl -t kdumpd says more)"
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from kdumpd import dbus_service
+
+    client = dbus_service.Client()
+    if not client.status()["CrashKernelLoaded"]:
+        raise UserError("the crash kernel is not loaded (kdumpd status): a test would save no dump")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError("kdumpd test crashes this machine: with no terminal to ask, pass --yes")
+        answer = input(
+            f"This crashes {platform.node()} now; it reboots once the crash kernel has saved "
+            "a dump, and kdumpd status then has the verdict. Crash it? [y/N] "
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            print("no test")
+            return EXIT_ERROR
+    client.test()
+    print("crashing the machine now; after the reboot, kdumpd status has the verdict")
+    return EXIT_OK
 
 
 def _wait_for(action: Callable[[Any], None]) -> int:
@@ -358,6 +386,10 @@ def parser() -> argparse.ArgumentParser:
         "--local", action="store_true", help="unload directly with the syscall, without the daemon"
     )
     s.set_defaults(func=cmd_unload)
+
+    s = sub.add_parser("test", help="crash the machine on purpose to prove that capture works")
+    s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    s.set_defaults(func=cmd_test)
 
     s = sub.add_parser("check", help="validate the config and the reservation, load nothing")
     s.add_argument("--config", **config_arg)

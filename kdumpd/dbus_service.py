@@ -29,7 +29,7 @@ from gi.repository import Gio, GLib
 from pydbus import SystemBus
 
 from kdumpd import UserError, capture, config, dumps, journal, requests
-from kdumpd.requests import BUILD, RELOAD, UNLOAD
+from kdumpd.requests import BUILD, RELOAD, TEST, UNLOAD
 from kdumpd.service import Daemon, Status
 from kdumpd.watch import Watcher
 
@@ -50,6 +50,8 @@ PROPERTY_TYPES = {
     "LastError": "s",
     "ConfigPath": "s",
     "CaptureMode": "s",
+    "LastTestResult": "s",
+    "LastTestUsec": "t",
 }
 
 _PROPERTIES_XML = "\n".join(
@@ -65,6 +67,7 @@ INTROSPECTION = f"""
     <method name="ListDumps"><arg name="dumps" type="aa{{sv}}" direction="out"/></method>
     <method name="Reload"/>
     <method name="Unload"/>
+    <method name="Test"/>
     <signal name="DumpFound"><arg name="dump" type="a{{sv}}"/></signal>
   </interface>
 </node>
@@ -75,12 +78,23 @@ PROPERTIES = "org.freedesktop.DBus.Properties"
 
 ACTION_RELOAD = "org.kdumpd.Kdump1.reload"
 ACTION_UNLOAD = "org.kdumpd.Kdump1.unload"
+ACTION_TEST = "org.kdumpd.Kdump1.test"
 
 # The errors a method call can end with (README, "D-Bus"). Reload and Unload return at
 # once, so what goes wrong in the work itself (a broken config, a refused kernel) is not a
 # method error: State and LastError say it.
 ERROR_ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"  # the SPEC's name
 ERROR_FAILED = f"{INTERFACE}.Error.Failed"  # the daemon could not do it: a bug, say
+ERROR_NOT_LOADED = f"{INTERFACE}.Error.NotLoaded"  # Test with no crash kernel to capture
+
+
+class Refused(Exception):
+    """A request turned down for a reason the caller should read: `name` and the message."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
 
 # An interactive check waits for a person to type a password in an authentication agent;
 # after this long the caller is refused, so a forgotten agent holds nothing for ever.
@@ -109,6 +123,9 @@ class Call:
         """Reply with what `produce` returns; if it raises, with Error.Failed."""
         try:
             value = produce()
+        except Refused as e:
+            self.fail(e.name, str(e))
+            return
         except Exception as e:  # a bug: the caller gets a typed error, the journal the details
             journal.send(journal.ERR, f"internal error in {self.method} for {self.sender}: {e!r}")
             self.fail(
@@ -344,6 +361,7 @@ class KdumpObject:
         self._privileged: dict[str, tuple[str, Callable[[str], None]]] = {
             "Reload": (ACTION_RELOAD, lambda who: self.request_reload(f"Reload from {who}")),
             "Unload": (ACTION_UNLOAD, lambda who: self._requests.put(UNLOAD, f"Unload from {who}")),
+            "Test": (ACTION_TEST, self._test),
         }
 
     def register(self) -> int:
@@ -385,6 +403,15 @@ class KdumpObject:
             return GLib.Variant("(v)", (GLib.Variant(PROPERTY_TYPES[name], getattr(status, name)),))
         # GetStatus, and Properties.GetAll: the same values
         return GLib.Variant("(a{sv})", (_variants(status.as_dict(), PROPERTY_TYPES),))
+
+    def _test(self, who: str) -> None:
+        """Refused at once when nothing would save the dump; the worker checks again when
+        it serves the test, after whatever was queued before it."""
+        if not self._daemon.kexec.loaded():
+            raise Refused(
+                ERROR_NOT_LOADED, "the crash kernel is not loaded: a test crash would save no dump"
+            )
+        self._requests.put(TEST, f"Test from {who}")
 
     def request_reload(self, why: str, hardware: bool = False) -> None:
         """A reload asked for (D-Bus, SIGHUP, a hook; hotplug: hardware). systemd hears
@@ -477,6 +504,7 @@ def serve(
     except config.ConfigError:
         dump_path = config.Config().dump_path  # the first load reports the error
     capture.announce_new(dump_path, daemon.sysroot / capture.ANNOUNCED, obj.dump_found)
+    daemon.test_verdict(dump_path)
 
     worker.connect(lambda: dispatcher.call(obj.served))
     obj.watcher.watch_hotplug()
@@ -528,6 +556,13 @@ class Client:
     def list_dumps(self) -> list[dict[str, Any]]:
         try:
             return [dict(d) for d in self._proxy.ListDumps()]
+        except GLib.Error as e:
+            raise UserError(_client_error(e)) from None
+
+    def test(self) -> None:
+        """Test(): the daemon answers once the crash is queued."""
+        try:
+            self._proxy.Test()
         except GLib.Error as e:
             raise UserError(_client_error(e)) from None
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from kdumpd import __version__, capture, cli, config, dumps
+from kdumpd import __version__, capture, cli, config, crashtest, dumps
 
 _PROSE = """\
 kdumpd keeps a crash kernel loaded at all times, so that when the running kernel \
@@ -106,6 +106,11 @@ def command_page(parser: argparse.ArgumentParser) -> str:
         (config.DEFAULT_PATH, "the configuration, see kdumpd.yaml(5)"),
         (dumps.DEFAULT_PATH, "saved dumps (dump_path), one folder each"),
         (Path("/") / capture.ANNOUNCED, "the dumps announced already"),
+        (Path("/") / crashtest.STATE_DIR / crashtest.TEST_RECORD, "the last kdumpd test"),
+        (
+            Path("/") / crashtest.STATE_DIR / crashtest.CAPTURE_RECORD,
+            "what the crash kernel's last capture did, for the test's verdict",
+        ),
     ):
         page += f".TP\n{_escape(str(path))}\n{_escape(what)}\n"
     page += ".SH SEE ALSO\n"

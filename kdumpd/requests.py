@@ -1,6 +1,7 @@
-"""Every request to load, unload or rebuild, in one ordered queue, served by one worker.
+"""Every request to load, unload, rebuild or test, in one ordered queue, served by one
+worker.
 
-Requests come from D-Bus (Reload, Unload), SIGHUP, the kernel hooks (they call Reload),
+Requests come from D-Bus (Reload, Unload, Test), SIGHUP, the kernel hooks (they call Reload),
 watched files and CPU or memory hotplug (kdumpd/watch.py), and the daemon itself (the
 first load at start, the capture initramfs once it is built). The worker serves them one
 at a time in the order they came. The one liberty taken is coalescing: a reload merges
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 
 from kdumpd import journal
 
-RELOAD, UNLOAD, BUILD = "reload", "unload", "build"
+RELOAD, UNLOAD, BUILD, TEST = "reload", "unload", "build", "test"
 
 QUIET_S = 2.0  # after a file event or a hotplug event: more may follow
 # After a request from a hook or a person: hooks run once their package's files are in
@@ -39,7 +40,7 @@ MAX_WAIT_S = 20.0  # a steady stream of events must not postpone the reload for 
 
 @dataclass
 class Request:
-    kind: str  # RELOAD, UNLOAD or BUILD
+    kind: str  # RELOAD, UNLOAD, BUILD or TEST
     why: list[str]  # what asked for it, in words for the journal
     must: bool  # load even when no file changed since the last reload read them
     asked: bool  # someone asked for it (D-Bus, SIGHUP, a hook), or the daemon itself

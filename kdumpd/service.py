@@ -19,7 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdumpd import cmdline, config, environment, images, journal, kernels, requests, reservation
+from kdumpd import (
+    cmdline,
+    config,
+    crashtest,
+    environment,
+    images,
+    journal,
+    kernels,
+    requests,
+    reservation,
+)
 from kdumpd.loader import Image, Kexec, KexecError, snapshot
 from kdumpd.sizes import format_size, human_size
 
@@ -42,6 +52,8 @@ class Status:
     LastError: str = ""
     ConfigPath: str = ""
     CaptureMode: str = ""  # "initramfs" (kdumpd's own), "system" (the machine's), "" (none)
+    LastTestResult: str = ""  # crashtest.RESULTS
+    LastTestUsec: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,6 +121,8 @@ RUN_DIR = Path("run/kdumpd")  # under the sysroot: kept across daemon restarts, 
 LOADED_RECORD = "loaded.json"
 # Present after an Unload: file events and hotplug do not load until the next Reload.
 UNLOADED_MARK = "unloaded"
+# Created to crash the machine for a test: kdumpd-crash.path watches for it.
+CRASH_REQUEST = "crash"
 
 
 class Daemon:
@@ -162,6 +176,8 @@ class Daemon:
             self.unload()
         elif request.kind == requests.BUILD:
             self.build_environment()
+        elif request.kind == requests.TEST:
+            self.test(request.reason)
         elif self.unloaded_on_request() and not request.asked:
             journal.send(
                 journal.INFO,
@@ -172,6 +188,59 @@ class Daemon:
             if request.asked:
                 (self.run_dir / UNLOADED_MARK).unlink(missing_ok=True)
             self.reload(force=request.must, why=request.reason)
+
+    def test(self, why: str) -> None:
+        """Crash the machine on purpose (kdumpd/crashtest.py); the verdict comes after the
+        reboot (test_verdict)."""
+        if not self.kexec.loaded():
+            journal.send(journal.ERR, f"{why}: no test, the crash kernel is not loaded")
+            self._set()
+            return
+        boot_id = _read(self.sysroot / "proc/sys/kernel/random/boot_id")
+        test = crashtest.pending(self.sysroot, boot_id, now_usec())
+        self._set(LastTestResult=test.result, LastTestUsec=test.time_usec)
+        journal.send(
+            journal.WARNING,
+            f"{why}: test {test.id}, crashing the machine now; the crash kernel saves a "
+            "dump, and after the reboot kdumpd status has the verdict",
+        )
+        os.sync()
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / CRASH_REQUEST).write_text(f"{test.id}\n")
+        except OSError as e:
+            failed = crashtest.abandon(self.sysroot, test, f"cannot ask for the crash: {e}")
+            self._report_test(failed)
+
+    def test_verdict(self, dump_path: Path) -> None:
+        """At start: the last test's result, decided now if its crash came and went."""
+        boot_id = _read(self.sysroot / "proc/sys/kernel/random/boot_id")
+        try:
+            test, decided = crashtest.decide(self.sysroot, boot_id, dump_path)
+        except OSError as e:
+            journal.send(journal.ERR, f"cannot record the test's verdict: {e}")
+            return
+        if test is None:
+            return
+        if decided:
+            self._report_test(test)
+        else:
+            self._set(LastTestResult=test.result, LastTestUsec=test.time_usec)
+
+    def _report_test(self, test: crashtest.Test) -> None:
+        if test.result == "passed":
+            text = f"kdumpd test {test.id} passed: the crash was captured, {test.dump}"
+        else:
+            text = f"kdumpd test {test.id} failed: {test.reason}"
+        journal.send(
+            journal.INFO if test.result == "passed" else journal.ERR,
+            text,
+            journal.MSG_TEST_RESULT,
+            test_id=test.id,
+            test_result=test.result,
+            dump_path=test.dump,
+        )
+        self._set(LastTestResult=test.result, LastTestUsec=test.time_usec)
 
     def unloaded_on_request(self) -> bool:
         return (self.run_dir / UNLOADED_MARK).exists()

@@ -34,7 +34,7 @@ def status(svc: Service) -> dict[str, Any]:
 
 def test_introspection_shows_the_spec_api(service: Service) -> None:
     out = service.bus.busctl("introspect", NAME, PATH, NAME).stdout
-    for member in ("GetStatus", "ListDumps", "Reload", "Unload"):
+    for member in ("GetStatus", "ListDumps", "Reload", "Unload", "Test"):
         assert f".{member}" in out
     for prop, sig in (
         ("State", "s"),
@@ -48,6 +48,8 @@ def test_introspection_shows_the_spec_api(service: Service) -> None:
         ("LastLoadUsec", "t"),
         ("LastError", "s"),
         ("ConfigPath", "s"),
+        ("LastTestResult", "s"),
+        ("LastTestUsec", "t"),
     ):
         assert any(line.split()[:3] == [f".{prop}", "property", sig] for line in out.splitlines())
     assert any(line.split()[:3] == [".DumpFound", "signal", "a{sv}"] for line in out.splitlines())

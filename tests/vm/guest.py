@@ -231,6 +231,9 @@ class Agent:
         self.close()
 
 
+SYSRQ_CRASH = ("/bin/sh", "-c", "echo c > /proc/sysrq-trigger")
+
+
 @dataclass
 class BootOptions:
     memory_mb: int = 1024
@@ -570,14 +573,13 @@ class Guest:
         self.run(["dpkg", "-i", target], timeout=timeout, env=env)
         return "dpkg"
 
-    def crash(self) -> int:
-        """Panic the guest kernel via sysrq; returns the console offset from before the crash.
+    def crash(self, command: Sequence[str] = SYSRQ_CRASH) -> int:
+        """Panic the guest kernel (by default via sysrq; `command` may be one that ends in
+        a panic, such as `kdumpd test --yes`); returns the console offset from before.
 
         Fire-and-forget: the agent dies with the kernel, so no exec status is awaited."""
         offset = self.console_offset()
-        self.agent.send_only(
-            "guest-exec", {"path": "/bin/sh", "arg": ["-c", "echo c > /proc/sysrq-trigger"]}
-        )
+        self.agent.send_only("guest-exec", {"path": command[0], "arg": list(command[1:])})
         return offset
 
     # -- console -------------------------------------------------------------------------------

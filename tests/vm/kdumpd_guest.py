@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.vm.guest import Guest
+from tests.vm.guest import SYSRQ_CRASH, Guest
 
 ROOT = Path(__file__).parents[2]
 BUSCTL = "busctl --system"
@@ -157,14 +158,17 @@ def wait_for(g: Guest, predicate_desc: str, check: object, timeout: float = 120.
     raise TimeoutError(f"{predicate_desc}: {status(g)}")
 
 
-def crash_and_come_back(g: Guest, outcome: str) -> dict[str, float]:
-    """Crash, wait for the capture's outcome on the console and for the next boot."""
+def crash_and_come_back(
+    g: Guest, outcome: str, command: Sequence[str] = SYSRQ_CRASH
+) -> dict[str, float]:
+    """Crash (`command`: see Guest.crash), wait for the capture's outcome on the console
+    and for the next boot."""
     timings: dict[str, float] = {}
     # What the test just wrote (fstab, config) may still be only in the page cache: ext4
     # writes delayed data back after 30 s, and the crash kernel reads the disk.
     g.run("sync")
     t0 = time.monotonic()
-    offset = g.crash()
+    offset = g.crash(command)
     g.wait_console(r"Kernel panic - not syncing: sysrq triggered crash", 120, offset)
     g.wait_console(r"Command line: .*elfcorehdr=", 300, offset)
     timings["panic_to_crash_kernel_s"] = time.monotonic() - t0

@@ -1,5 +1,6 @@
-"""Issue: crash capture, end to end: sysrq panic, the crash kernel kdumpd loaded boots,
-makedumpfile saves the dump, the machine comes back and lists it over D-Bus."""
+"""Issue: crash capture, end to end: a panic (`kdumpd test`: Test() over D-Bus, the
+kdumpd-crash units, sysrq), the crash kernel kdumpd loaded boots, makedumpfile saves the
+dump, the machine comes back, lists it over D-Bus and gives the test's verdict."""
 
 from __future__ import annotations
 
@@ -7,26 +8,39 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.vm.guest import GuestFactory
+from tests.vm.guest import Guest, GuestFactory
 from tests.vm.kdumpd_guest import (
     BUSCTL,
     OBJ,
     crash_and_come_back,
     journal,
+    status,
     wait_armed,
     wait_state,
 )
 
 MSG_DUMP_SAVED = "9ee3014d253246aeaf477c6f3b7f0088"
+MSG_TEST_RESULT = "22d8ba01049948d4b798e6a50901e0b5"
+KDUMPD_TEST = ("/usr/bin/kdumpd", "test", "--yes")
+
+
+def _test_verdict(g: Guest) -> tuple[str, str]:
+    """LastTestResult, and the verdict's journal entry."""
+    return status(g)["LastTestResult"], journal(g, f"MESSAGE_ID={MSG_TEST_RESULT}")
 
 
 def test_crash_capture_and_listing(make_guest: GuestFactory, kdumpd_deb: Path) -> None:
     g = make_guest(append="crashkernel=256M")
     g.install_deb(kdumpd_deb)
     wait_armed(g)
-    crash_and_come_back(g, "capture complete")
+    refused = g.run("kdumpd test --yes", user="tester", check=False)
+    assert refused.rc == 1 and "permission denied" in refused.stderr, refused
+    assert status(g)["LastTestResult"] == ""
+    crash_and_come_back(g, "capture complete", KDUMPD_TEST)
 
     wait_state(g)
+    result, entry = _test_verdict(g)
+    assert result == "passed" and "passed: the crash was captured" in entry, entry
     listed = json.loads(g.run("kdumpd dumps --json").stdout)
     assert len(listed) == 1, listed
     dump = listed[0]
@@ -47,6 +61,15 @@ def test_crash_capture_and_listing(make_guest: GuestFactory, kdumpd_deb: Path) -
     g.run("systemctl restart kdumpd")
     wait_state(g)
     assert journal(g, f"MESSAGE_ID={MSG_DUMP_SAVED}").count("a crash dump was saved") == 1
+
+    # A test with a dump path that cannot be written fails, in the crash kernel's words.
+    g.run("chattr +i /var/crash")
+    crash_and_come_back(g, "capture failed", KDUMPD_TEST)
+    wait_state(g)
+    result, entry = _test_verdict(g)
+    assert result == "failed" and "Operation not permitted: '/var/crash/" in entry, entry
+    assert "Last test:     failed" in g.run("kdumpd status", check=False).stdout
+    g.run("chattr -i /var/crash")
 
     g.shutdown()
     names = g.debugfs_ls(folder)
@@ -84,9 +107,11 @@ def test_capture_failure_on_a_full_file_system(
     g.run(SMALL_DISK_FSTAB)
     g.run("kdumpd reload")
     assert wait_armed(g)["Initrd"].startswith("/var/cache/kdumpd/")
-    crash_and_come_back(g, "capture failed")
+    crash_and_come_back(g, "capture failed", KDUMPD_TEST)
 
     wait_state(g)
+    result, entry = _test_verdict(g)
+    assert result == "failed" and "the dump file system is full" in entry, entry
     assert g.run("findmnt -n -o SOURCE /var/crash").stdout.strip() != ""
     listed = json.loads(g.run("kdumpd dumps --json").stdout)
     assert len(listed) == 1, listed
