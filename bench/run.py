@@ -116,11 +116,15 @@ PHASES = (
 
 def _print_boot_chain(g: Guest, service: Service) -> None:
     """What the boot after the crash waited for, so the next bottleneck is visible."""
-    for args in (["time"], ["critical-chain", "multi-user.target"], ["blame"]):
-        out = g.run(["systemd-analyze", "--no-pager", *args], check=False).stdout
-        lines = out.splitlines()[:15]
-        print(f"\n{service.name}, boot after the crash: systemd-analyze {args[0]}", file=sys.stderr)
-        print("\n".join(lines), file=sys.stderr)
+    for args in (
+        ["systemd-analyze", "time"],
+        ["systemd-analyze", "critical-chain", "multi-user.target"],
+        ["systemd-analyze", "blame"],
+        ["journalctl", "-b", "-u", service.unit, "-o", "short-monotonic"],
+    ):
+        out = g.run([*args, "--no-pager"], check=False).stdout
+        print(f"\n{service.name}, boot after the crash: {' '.join(args)}", file=sys.stderr)
+        print("\n".join(out.splitlines()[:15]), file=sys.stderr)
 
 
 def measure(service: Service, workdir: Path) -> dict[str, float]:
