@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -83,7 +82,7 @@ def load(sysroot: Path) -> Test | None:
 
 def pending(sysroot: Path, boot_id: str, now_usec: int) -> Test:
     """Record a new test, replacing the last one's verdict."""
-    test = Test(uuid.uuid4().hex, now_usec, boot_id, "pending")
+    test = Test(os.urandom(16).hex(), now_usec, boot_id, "pending")
     _write_json(sysroot / STATE_DIR / TEST_RECORD, asdict(test))
     return test
 

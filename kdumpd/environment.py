@@ -22,7 +22,6 @@ the machine's own initramfs and systemd instead (capture mode "system").
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import lzma
 import os
@@ -34,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdumpd import capture, config, cpio, elf, init
+from kdumpd import capture, config, cpio, digests, elf, init
 
 CACHE_DIR = Path("/var/cache/kdumpd")
 IMAGE_PREFIX = "initramfs-"
@@ -447,7 +446,7 @@ class Plan:
     @functools.cached_property
     def file_name(self) -> str:
         """The image's file name: a hash of the archive, so the same content is one file."""
-        return f"{IMAGE_PREFIX}{hashlib.sha256(self.archive).hexdigest()[:16]}.img"
+        return f"{IMAGE_PREFIX}{digests.sha256(self.archive).hexdigest()[:16]}.img"
 
 
 def _root_options(root: Target) -> str:

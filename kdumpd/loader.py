@@ -11,12 +11,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import hashlib
 import os
 import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from kdumpd import digests
 
 SYSCALL_NUMBERS = {
     "x86_64": 320,
@@ -102,7 +103,7 @@ def snapshot(path: Path) -> Image:
     """Copy a file into a sealed memfd."""
     fd = os.memfd_create(f"kdumpd:{path.name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
-        digest = hashlib.sha256()
+        digest = digests.sha256()
         with path.open("rb") as src:
             size = 0
             while chunk := src.read(1 << 20):

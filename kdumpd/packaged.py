@@ -8,9 +8,9 @@ without its leading slash). Reading the kernel packages' lists is much faster th
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from kdumpd import digests
 from kdumpd.kernel_image import Data
 
 
@@ -46,7 +46,7 @@ def check(sysroot: Path, path: Path, data: Data) -> None:
     if known is None:
         return
     package, md5 = known
-    actual = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    actual = digests.md5(data, usedforsecurity=False).hexdigest()
     if actual != md5:
         raise Modified(
             f"its md5 {actual} is not the {md5} that {package} installed "
