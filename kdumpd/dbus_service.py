@@ -99,6 +99,9 @@ class Refused(Exception):
 # An interactive check waits for a person to type a password in an authentication agent;
 # after this long the caller is refused, so a forgotten agent holds nothing for ever.
 AUTH_TIMEOUT_S = 60.0
+# Checks one user may have waiting for polkit at once. The bus alone would let one user
+# hold 256 connections x 128 pending calls, each a call and a polkit request kept here.
+AUTH_WAITING_PER_USER = 8
 
 
 class Call:
@@ -153,6 +156,7 @@ class Authorizer:
     def __init__(self, connection: Gio.DBusConnection, timeout_s: float) -> None:
         self._connection = connection
         self._timeout_s = timeout_s
+        self._waiting: dict[int, set[Call]] = {}  # uid: its calls polkit has not answered
 
     def check(self, call: Call, action: str, granted: Callable[[str], None]) -> None:
         """Call `granted` with who the caller is (busctl[1234]) once it may do `action`;
@@ -165,10 +169,17 @@ class Authorizer:
                 call.fail(ERROR_ACCESS_DENIED, f"{action}: cannot tell who asks: {e.message}")
                 return
             who = _who(call.sender, creds.get("ProcessID"))
-            if creds["UnixUserID"] == 0:
+            uid = creds["UnixUserID"]
+            if uid == 0:
                 granted(who)
+            elif len(self._waiting.get(uid, ())) >= AUTH_WAITING_PER_USER:
+                call.fail(
+                    ERROR_ACCESS_DENIED,
+                    f"{action}: {AUTH_WAITING_PER_USER} requests of uid {uid} are waiting for "
+                    "polkit already; try again once they are answered",
+                )
             else:
-                self._ask_polkit(call, action, lambda: granted(who))
+                self._ask_polkit(call, uid, action, lambda: granted(who))
 
         self._connection.call(
             "org.freedesktop.DBus",
@@ -183,8 +194,14 @@ class Authorizer:
             credentials,
         )
 
-    def _ask_polkit(self, call: Call, action: str, granted: Callable[[], None]) -> None:
+    def _ask_polkit(self, call: Call, uid: int, action: str, granted: Callable[[], None]) -> None:
+        waiting = self._waiting.setdefault(uid, set())
+        waiting.add(call)
+
         def decided(connection: Gio.DBusConnection, result: Gio.AsyncResult) -> None:
+            waiting.discard(call)
+            if not waiting and self._waiting.get(uid) is waiting:
+                del self._waiting[uid]
             try:
                 authorized, _challenge, _details = connection.call_finish(result).unpack()[0]
             except GLib.Error as e:  # no polkit on this bus, or no answer: only root may

@@ -4,6 +4,7 @@ SimulateHang keeps every check unanswered, as an authentication agent left waiti
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -40,6 +41,41 @@ def test_a_pending_polkit_check_holds_up_no_one(service: Service, polkit: Any) -
     polkit.ReleaseHangingCalls()
     _, err = waiting.communicate(timeout=60)
     assert waiting.returncode == 0, err
+
+
+def test_one_user_cannot_pile_up_polkit_checks(service: Service, polkit: Any) -> None:
+    """Each waiting check is a call and a polkit request the daemon holds: one user gets
+    AUTH_WAITING_PER_USER at a time, then a refusal at once; root and others go on."""
+    from kdumpd.dbus_service import AUTH_WAITING_PER_USER
+
+    polkit.SetAllowed(["org.kdumpd.Kdump1.reload"])
+    polkit.SimulateHang(True)
+    address = f"--address={service.bus.address}"
+    waiting = [
+        service.bus.start("busctl", address, *RELOAD, user=NOBODY)
+        for _ in range(AUTH_WAITING_PER_USER)
+    ]
+    wait_until(polkit.HaveHangingCalls, 30, "the daemon's polkit checks")
+
+    def refused() -> bool:
+        # Until all of them wait for polkit, a probe may be let through to wait too: it
+        # gives up after 5 s, and the daemon holds it like the others. (busctl does not
+        # print an AccessDenied's message; kdumpd does.)
+        probe = service.bus.run(
+            "timeout", "5", sys.executable, "-m", "kdumpd.cli", "reload", user=NOBODY
+        )
+        return "are waiting for polkit already" in probe.stderr
+
+    wait_until(refused, 60, "a refusal once the user has the most checks waiting")
+    assert all(w.poll() is None for w in waiting)
+    assert service.bus.kdumpd("reload").returncode == 0  # root: no polkit
+    polkit.ReleaseHangingCalls()
+    for w in waiting:
+        _, err = w.communicate(timeout=60)
+        assert w.returncode == 0, err
+    polkit.SimulateHang(False)
+    r = service.bus.busctl(*RELOAD, user=NOBODY)
+    assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.parametrize("service", [{"polkit_timeout_s": 2}], indirect=True)
