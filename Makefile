@@ -9,7 +9,7 @@ DIST := dist
 # guests' dumps back with it), busybox (its sh checks the capture initramfs's /init) and
 # zstd (a unit test compresses an initrd as mkinitramfs does), man-db (a unit test renders
 # the man pages with `man --warnings`, as lintian does).
-APT_PACKAGES := python3-venv python3-pip python3-gi python3-pydbus \
+APT_PACKAGES := python3-venv python3-pip python3-gi python3-pydbus python3-systemd \
 	python3-yaml python3-dbusmock dbus policykit-1 qemu-system-x86 qemu-utils debootstrap \
 	e2fsprogs dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-setuptools \
 	python3-all python3-wheel python3-build python3-installer lintian rpm rpmlint python3-rpm \

@@ -3,24 +3,22 @@
 Each event that an administrator may want to find or alert on has a MESSAGE_ID, explained
 in conf/kdumpd.catalog (installed as /usr/lib/systemd/catalog/kdumpd.catalog, for
 `journalctl -x`). Outside systemd (a container, a test), entries go to stderr.
-
-Both protocols are datagrams on a Unix socket, spoken here rather than through
-systemd-python: importing it after the daemon's other modules added 1.4 MB of resident memory
-(measured on the CI host), and libsystemd with libgcrypt, for two sendto()s
-(the journal's native protocol, https://systemd.io/JOURNAL_NATIVE_PROTOCOL/, and
-sd_notify(3)).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import struct
 import sys
 import syslog
 import time
 from typing import Any
+
+try:
+    from systemd import daemon as _daemon
+    from systemd import journal as _journal
+except ImportError:  # the CLI must work on a system without systemd-python
+    _daemon = None
+    _journal = None
 
 MSG_LOADED = "e2e8053d528f4011ad724cf17d624f64"
 MSG_LOAD_FAILED = "9fa8477d8c3f4cda82f589d89337b068"
@@ -36,51 +34,23 @@ NOTICE = syslog.LOG_NOTICE
 INFO = syslog.LOG_INFO
 
 _JOURNAL_SOCKET = "/run/systemd/journal/socket"
-# Far below a datagram's limit (net.core.wmem_default, 208 KiB by default); longer values
-# are cut rather than sent through a memfd, which a log line never needs.
-FIELD_MAX = 32 << 10
-
-
-def entry(fields: dict[str, str]) -> bytes:
-    """The native protocol's datagram: KEY=value lines; a value with a newline in it goes
-    as KEY, newline, its length (64-bit little endian), the value, newline."""
-    out = bytearray()
-    for key, value in fields.items():
-        data = value.encode(errors="replace")[:FIELD_MAX]
-        if b"\n" in data:
-            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
-        else:
-            out += key.encode() + b"=" + data + b"\n"
-    return bytes(out)
-
-
-def _datagram(address: str, data: bytes) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        s.sendto(data, address)
 
 
 def send(priority: int, message: str, message_id: str | None = None, **fields: Any) -> None:
     """One journal entry; extra fields are upper-cased (KERNEL_VERSION=..., ERRNO=...)."""
-    record = {"MESSAGE": message, "PRIORITY": str(priority), "SYSLOG_IDENTIFIER": "kdumpd"}
-    record.update({k.upper(): str(v) for k, v in fields.items() if v is not None})
+    extra = {k.upper(): str(v) for k, v in fields.items() if v is not None}
     if message_id:
-        record["MESSAGE_ID"] = message_id
-    try:
-        _datagram(_JOURNAL_SOCKET, entry(record))
-    except OSError:  # no journald here (a container, a test): the words still go out
+        extra["MESSAGE_ID"] = message_id
+    if _journal is not None and os.path.exists(_JOURNAL_SOCKET):
+        _journal.send(message, PRIORITY=str(priority), SYSLOG_IDENTIFIER="kdumpd", **extra)
+    else:
         print(f"kdumpd: {message}", file=sys.stderr, flush=True)
 
 
 def notify(**state: str) -> None:
-    """sd_notify(READY=1, STATUS=..., ...); a no-op outside systemd. An abstract socket's
-    name comes with an "@" for the leading NUL."""
-    address = os.environ.get("NOTIFY_SOCKET", "")
-    if not address or not state:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with contextlib.suppress(OSError):  # systemd gone (shutting down): nobody to tell
-        _datagram(address, "\n".join(f"{k}={v}" for k, v in state.items()).encode())
+    """sd_notify(READY=1, STATUS=..., ...); a no-op outside systemd."""
+    if _daemon is not None and state:
+        _daemon.notify("\n".join(f"{k}={v}" for k, v in state.items()))
 
 
 def notify_reloading() -> None:
