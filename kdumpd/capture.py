@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdumpd import config, crashtest, dumps, journal, vmcore
+from kdumpd import config, crashtest, dumps, journal, safefile, vmcore
 from kdumpd.sizes import human_size
 
 VMCORE = Path("/proc/vmcore")
@@ -200,22 +200,6 @@ def _mount_dump_path(dump_path: Path) -> None:
             raise CaptureError(f"cannot mount {point}: {result.stderr.strip()}")
 
 
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    _fsync(tmp)
-    tmp.rename(path)
-    _fsync(path.parent)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class Capture:
     cfg: config.Config
@@ -270,7 +254,9 @@ class Capture:
             size=size,
             error=error,
         )
-        _write_json(folder / dumps.METADATA, meta)
+        safefile.write_durably(
+            folder / dumps.METADATA, json.dumps(meta, indent=2, sort_keys=True) + "\n"
+        )
         if not error:
             self._say(
                 f"dump saved: {folder / dumps.VMCORE} ({human_size(size)} in "
@@ -311,9 +297,9 @@ class Capture:
                 incomplete.unlink(missing_ok=True)  # a partial dump must not fill the disk
                 reason = [f"the dump file system is full ({self.cfg.dump_path})"]
             raise CaptureError(f"makedumpfile failed: {reason[0]}")
-        _fsync(incomplete)
+        safefile.fsync(incomplete)
         incomplete.rename(folder / dumps.VMCORE)
-        _fsync(folder)
+        safefile.fsync(folder)
         return (folder / dumps.VMCORE).stat().st_size, compression
 
 
@@ -330,7 +316,7 @@ def save(cfg: config.Config) -> bool:
         capture = Capture(cfg)
         try:
             ok = capture.run()
-        except (OSError, CaptureError) as e:
+        except Exception as e:  # a bug too: still recorded, still the failure action
             say(f"capture FAILED: {e}")
             ok, capture.error = False, str(e)
         crashtest.capture_record(Path("/"), ok, capture.error, capture.folder)

@@ -125,7 +125,9 @@ def cmd_test(args: argparse.Namespace) -> int:
             print("no test")
             return EXIT_ERROR
     client.test()
-    print("crashing the machine now; after the reboot, kdumpd status has the verdict")
+    print(
+        "crash requested: the machine crashes now; after the reboot, kdumpd status has the verdict"
+    )
     return EXIT_OK
 
 

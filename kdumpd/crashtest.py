@@ -5,14 +5,17 @@ was saved. Three steps in three programs, joined by two small files:
    (pending), syncs, and asks for the crash: it creates /run/kdumpd/crash, and
    kdumpd-crash.path starts kdumpd-crash.service, which writes "c" to
    /proc/sysrq-trigger (the daemon's own sandbox keeps /proc read-only);
-2. the crash kernel's capture writes what it did to /var/lib/kdumpd/last-capture.json,
-   with the id of the test it found pending (capture_record);
+2. the crash kernel writes what its capture did, or why it stopped before, to
+   /var/lib/kdumpd/last-capture.json, with the id of the test it found pending
+   (capture_record);
 3. the first daemon of a later boot compares the two and keeps the verdict in test.json
    (decide): passed when that capture saved a complete dump that is still there, failed
    otherwise, with the reason the crash kernel gave, or that it wrote nothing.
 
-Both files are on the root file system, which the crash kernel mounts read-write in
-either capture mode, so a capture that could not write to the dump path still says so.
+The crash kernel reaches both: capture mode "system" boots the machine's own systemd,
+which mounts /var; kdumpd's capture initramfs mounts the root and the dump file system
+only, so with it a test is refused when /var/lib/kdumpd is on neither (unreachable). A
+capture that could not write to the dump path still says so, on the root file system.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from kdumpd import dumps, safefile
@@ -52,19 +55,30 @@ def _read_json(path: Path) -> dict[str, object] | None:
 
 
 def _write_json(path: Path, value: dict[str, object]) -> None:
-    """Whole or not at all, and on the disk before the crash that follows."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as f:
-        json.dump(value, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.rename(path)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    safefile.write_durably(path, json.dumps(value))
+
+
+def unreachable(sysroot: Path, mode: str, dump_path: Path) -> str:
+    """Why the crash kernel could not read and write the records, or "": with the capture
+    initramfs, /var/lib/kdumpd must be on the root or the dump file system."""
+    if mode != "initramfs":
+        return ""
+    state = sysroot / STATE_DIR
+    devices = set()
+    for path in (sysroot, dump_path):
+        with contextlib.suppress(OSError):
+            devices.add(path.stat().st_dev)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        device = state.stat().st_dev
+    except OSError as e:
+        return f"cannot read {state}: {e.strerror}"
+    if device in devices:
+        return ""
+    return (
+        f"{state} is on a file system that kdumpd's capture initramfs does not mount (only "
+        "the root and the dump path's): the crash kernel could not record the test"
+    )
 
 
 def load(sysroot: Path) -> Test | None:
@@ -88,8 +102,8 @@ def pending(sysroot: Path, boot_id: str, now_usec: int) -> Test:
 
 
 def abandon(sysroot: Path, test: Test, reason: str) -> Test:
-    """The crash could not be asked for: the test failed before it began."""
-    failed = Test(test.id, test.time_usec, test.boot_id, "failed", reason)
+    """The crash was not asked for, or did not come: the test failed before it began."""
+    failed = replace(test, result="failed", reason=reason)
     _write_json(sysroot / STATE_DIR / TEST_RECORD, asdict(failed))
     return failed
 
@@ -118,14 +132,13 @@ def decide(sysroot: Path, boot_id: str, dump_path: Path) -> tuple[Test | None, b
         return test, False
     capture = _read_json(sysroot / STATE_DIR / CAPTURE_RECORD) or {}
     if capture.get("test_id") != test.id:
-        verdict = Test(
-            test.id,
-            test.time_usec,
-            test.boot_id,
-            "failed",
-            "the crash kernel recorded no capture for this test "
-            f"({sysroot / STATE_DIR / CAPTURE_RECORD}): it did not start, or stopped before "
-            "it could mount the root file system; see the console of the crash",
+        verdict = replace(
+            test,
+            result="failed",
+            reason="the crash kernel recorded no capture for this test "
+            f"({sysroot / STATE_DIR / CAPTURE_RECORD}): the machine did not crash, or the "
+            "crash kernel did not start or stopped before it could mount the root file "
+            "system; the console of the crash shows how far it got",
         )
     else:
         verdict = _verdict(test, capture, dump_path)
@@ -138,9 +151,9 @@ def _verdict(test: Test, capture: dict[str, object], dump_path: Path) -> Test:
     folder = str(dump_path / name) if "/" not in name and name.strip(".") else ""
     if capture.get("ok") is not True or not folder:
         reason = str(capture.get("error") or "the capture failed")
-        return Test(test.id, test.time_usec, test.boot_id, "failed", reason, folder)
+        return replace(test, result="failed", reason=reason, dump=folder)
     found = dumps.read(Path(folder))
     if not found.complete:
         reason = f"the dump in {folder} is not complete now: {found.error or 'no vmcore'}"
-        return Test(test.id, test.time_usec, test.boot_id, "failed", reason, folder)
-    return Test(test.id, test.time_usec, test.boot_id, "passed", "", folder)
+        return replace(test, result="failed", reason=reason, dump=folder)
+    return replace(test, result="passed", dump=folder)

@@ -86,6 +86,7 @@ ACTION_TEST = "org.kdumpd.Kdump1.test"
 ERROR_ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"  # the SPEC's name
 ERROR_FAILED = f"{INTERFACE}.Error.Failed"  # the daemon could not do it: a bug, say
 ERROR_NOT_LOADED = f"{INTERFACE}.Error.NotLoaded"  # Test with no crash kernel to capture
+ERROR_CANNOT_TEST = f"{INTERFACE}.Error.CannotTest"  # a Test that would prove nothing
 
 
 class Refused(Exception):
@@ -422,12 +423,11 @@ class KdumpObject:
         return GLib.Variant("(a{sv})", (_variants(status.as_dict(), PROPERTY_TYPES),))
 
     def _test(self, who: str) -> None:
-        """Refused at once when nothing would save the dump; the worker checks again when
-        it serves the test, after whatever was queued before it."""
+        """Refused at once when it would prove nothing (Daemon.test_refusal)."""
         if not self._daemon.kexec.loaded():
-            raise Refused(
-                ERROR_NOT_LOADED, "the crash kernel is not loaded: a test crash would save no dump"
-            )
+            raise Refused(ERROR_NOT_LOADED, self._daemon.test_refusal())
+        if refusal := self._daemon.test_refusal():
+            raise Refused(ERROR_CANNOT_TEST, refusal)
         self._requests.put(TEST, f"Test from {who}")
 
     def request_reload(self, why: str, hardware: bool = False) -> None:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kdumpd import capture, config
+from kdumpd import capture, config, crashtest
 
 SETTINGS = Path("/run/kdumpd/capture.json")  # stage one copies it here from the archive
 TARGET = Path("/run/kdumpd/target")  # where the dump file system is mounted
@@ -139,6 +139,7 @@ def main() -> None:
         ok = run(settings)
     except BaseException as e:  # PID 1: whatever happens, end in the failure action
         capture.say(f"capture FAILED: {e}")
+        crashtest.capture_record(Path("/"), False, str(e), None)  # for kdumpd test
         capture.say(f"capture failed; {capture.action_after(_config(settings), False)}")
     finish(capture.action_after(_config(settings), ok), settings.get("programs", {}))
     while True:  # reboot(2) does not return; PID 1 must not exit if it somehow did

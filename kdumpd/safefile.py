@@ -1,6 +1,7 @@
-"""Reading a small file that may not be what its name says: a FIFO, a device, a symlink to
-/dev/zero, or far too big. Never blocks, never reads more than asked, never follows a
-symlink it was told not to."""
+"""Small files, safely. Reading one that may not be what its name says: a FIFO, a device, a
+symlink to /dev/zero, or far too big (never blocks, never reads more than asked, never
+follows a symlink it was told not to). Writing one whole or not at all, on the disk
+before whatever comes next (a crash, on purpose or not)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,20 @@ def read(
     if len(data) > limit:
         raise Refused(f"is larger than {human_size(limit)}")
     return data
+
+
+def fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, text: str) -> None:
+    """Through a temporary file renamed into place, each fsynced, and the directory too."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    fsync(tmp)
+    tmp.rename(path)
+    fsync(path.parent)

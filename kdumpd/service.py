@@ -189,15 +189,24 @@ class Daemon:
                 (self.run_dir / UNLOADED_MARK).unlink(missing_ok=True)
             self.reload(force=request.must, why=request.reason)
 
+    def test_refusal(self) -> str:
+        """Why a test now would prove nothing, or "" (asked on D-Bus, and again when the
+        worker serves the test, after whatever was queued before it)."""
+        if not self.kexec.loaded():
+            return "the crash kernel is not loaded: a test crash would save no dump"
+        if not self._boot_id():
+            return "cannot read this boot's ID: the verdict could not be told from the test"
+        dump_path = self.config.dump_path if self.config else config.Config().dump_path
+        return crashtest.unreachable(self.sysroot, self.status.CaptureMode, dump_path)
+
     def test(self, why: str) -> None:
         """Crash the machine on purpose (kdumpd/crashtest.py); the verdict comes after the
         reboot (test_verdict)."""
-        if not self.kexec.loaded():
-            journal.send(journal.ERR, f"{why}: no test, the crash kernel is not loaded")
+        if refusal := self.test_refusal():
+            journal.send(journal.ERR, f"{why}: no test, {refusal}")
             self._set()
             return
-        boot_id = _read(self.sysroot / "proc/sys/kernel/random/boot_id")
-        test = crashtest.pending(self.sysroot, boot_id, now_usec())
+        test = crashtest.pending(self.sysroot, self._boot_id(), now_usec())
         self._set(LastTestResult=test.result, LastTestUsec=test.time_usec)
         journal.send(
             journal.WARNING,
@@ -209,14 +218,33 @@ class Daemon:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / CRASH_REQUEST).write_text(f"{test.id}\n")
         except OSError as e:
-            failed = crashtest.abandon(self.sysroot, test, f"cannot ask for the crash: {e}")
-            self._report_test(failed)
+            self._report_test(
+                crashtest.abandon(self.sysroot, test, f"cannot ask for the crash: {e}")
+            )
 
     def test_verdict(self, dump_path: Path) -> None:
-        """At start: the last test's result, decided now if its crash came and went."""
-        boot_id = _read(self.sysroot / "proc/sys/kernel/random/boot_id")
+        """At start: the last test's result, decided now if its crash came and went. A
+        crash asked for in this boot that a daemon before this one is still waiting for did
+        not come (kdumpd-crash.path not running): the test failed, and the request goes, so
+        that it cannot crash the machine later, unannounced."""
+        boot_id = self._boot_id()
+        if not boot_id:
+            return
         try:
             test, decided = crashtest.decide(self.sysroot, boot_id, dump_path)
+            request = self.run_dir / CRASH_REQUEST
+            if request.exists():
+                request.unlink()
+                if test and test.result == "pending":
+                    test, decided = (
+                        crashtest.abandon(
+                            self.sysroot,
+                            test,
+                            f"the crash was asked for ({request}) but did not come: is "
+                            "kdumpd-crash.path running (systemctl status kdumpd-crash.path)?",
+                        ),
+                        True,
+                    )
         except OSError as e:
             journal.send(journal.ERR, f"cannot record the test's verdict: {e}")
             return
@@ -226,6 +254,9 @@ class Daemon:
             self._report_test(test)
         else:
             self._set(LastTestResult=test.result, LastTestUsec=test.time_usec)
+
+    def _boot_id(self) -> str:
+        return _read(self.sysroot / "proc/sys/kernel/random/boot_id")
 
     def _report_test(self, test: crashtest.Test) -> None:
         if test.result == "passed":
@@ -475,7 +506,7 @@ class Daemon:
 
     def _record(self, new: Loaded) -> dict[str, Any]:
         return {
-            "boot_id": _read(self.sysroot / "proc/sys/kernel/random/boot_id"),
+            "boot_id": self._boot_id(),
             "kernel_sha256": new.kernel.sha256,
             "initrd_sha256": new.initrd.sha256 if new.initrd else "",
             "cmdline": new.cmdline,

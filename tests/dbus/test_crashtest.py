@@ -44,7 +44,7 @@ def test_others_may_not_crash_the_machine(service: Service, polkit: Any) -> None
 def test_root_crashes_it_after_recording_the_test(service: Service) -> None:
     r = service.bus.kdumpd("test", "--yes")
     assert r.returncode == 0, r.stderr
-    assert "crashing the machine now" in r.stdout
+    assert "crash requested" in r.stdout
     wait_until(_crash_request(service).exists, 30, "the crash request")
     test = crashtest.load(service.sysroot)
     assert test is not None and test.result == "pending"
@@ -98,3 +98,16 @@ def test_the_first_start_after_the_crash_gives_the_verdict(bus: Bus, tmp_path: P
         assert _prop(svc, "LastTestResult") == 's "failed"'
         verdict = crashtest.load(svc.sysroot)
         assert verdict is not None and verdict.reason == "the dump file system is full (/var/crash)"
+
+
+def test_a_crash_that_never_came_fails_the_test_and_is_not_asked_for_again(bus: Bus) -> None:
+    """A daemon restarted in the boot of a test whose crash did not come (the path unit was
+    not running): the request must not crash the machine later, and the test failed."""
+    with fake_service(bus) as svc:
+        assert svc.bus.kdumpd("test", "--yes").returncode == 0
+        wait_until(_crash_request(svc).exists, 30, "the crash request")
+    with fake_service(bus) as svc:
+        assert not _crash_request(svc).exists()
+        assert _prop(svc, "LastTestResult") == 's "failed"'
+        verdict = crashtest.load(svc.sysroot)
+        assert verdict is not None and "kdumpd-crash.path" in verdict.reason

@@ -134,3 +134,17 @@ def test_capture_save_records_what_it_did(tmp_path: Path, monkeypatch: pytest.Mo
     assert capture.save(Config(dump_path=tmp_path / "crash")) is False
     [(ok, error, folder)] = written
     assert not ok and error and folder is None
+
+
+def test_with_the_capture_initramfs_the_records_must_be_on_a_file_system_it_mounts(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "var/lib/kdumpd").mkdir(parents=True)
+    assert crashtest.unreachable(tmp_path, "initramfs", tmp_path / "crash") == ""
+    elsewhere = tmp_path / "other-root"
+    (elsewhere / "var/lib").mkdir(parents=True)
+    (elsewhere / "var/lib/kdumpd").symlink_to("/proc")  # another file system: a separate /var
+    reason = crashtest.unreachable(elsewhere, "initramfs", elsewhere / "crash")
+    assert "does not mount" in reason and str(elsewhere / "var/lib/kdumpd") in reason
+    assert crashtest.unreachable(elsewhere, "initramfs", Path("/proc")) == ""  # the dump fs
+    assert crashtest.unreachable(elsewhere, "system", elsewhere / "crash") == ""
