@@ -424,10 +424,9 @@ class KdumpObject:
 
     def _test(self, who: str) -> None:
         """Refused at once when it would prove nothing (Daemon.test_refusal)."""
-        if not self._daemon.kexec.loaded():
-            raise Refused(ERROR_NOT_LOADED, self._daemon.test_refusal())
         if refusal := self._daemon.test_refusal():
-            raise Refused(ERROR_CANNOT_TEST, refusal)
+            loaded = self._daemon.kexec.loaded()
+            raise Refused(ERROR_CANNOT_TEST if loaded else ERROR_NOT_LOADED, refusal)
         self._requests.put(TEST, f"Test from {who}")
 
     def request_reload(self, why: str, hardware: bool = False) -> None:

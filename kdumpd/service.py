@@ -230,21 +230,17 @@ class Daemon:
         boot_id = self._boot_id()
         if not boot_id:
             return
+        request = self.run_dir / CRASH_REQUEST
         try:
             test, decided = crashtest.decide(self.sysroot, boot_id, dump_path)
-            request = self.run_dir / CRASH_REQUEST
-            if request.exists():
-                request.unlink()
-                if test and test.result == "pending":
-                    test, decided = (
-                        crashtest.abandon(
-                            self.sysroot,
-                            test,
-                            f"the crash was asked for ({request}) but did not come: is "
-                            "kdumpd-crash.path running (systemctl status kdumpd-crash.path)?",
-                        ),
-                        True,
-                    )
+            stale = request.exists()
+            request.unlink(missing_ok=True)
+            if stale and test and test.result == "pending":
+                reason = (
+                    f"the crash was asked for ({request}) but did not come: is "
+                    "kdumpd-crash.path running (systemctl status kdumpd-crash.path)?"
+                )
+                test, decided = crashtest.abandon(self.sysroot, test, reason), True
         except OSError as e:
             journal.send(journal.ERR, f"cannot record the test's verdict: {e}")
             return
