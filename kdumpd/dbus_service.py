@@ -21,6 +21,7 @@ import os
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,9 @@ class Refused(Exception):
 # An interactive check waits for a person to type a password in an authentication agent;
 # after this long the caller is refused, so a forgotten agent holds nothing for ever.
 AUTH_TIMEOUT_S = 60.0
+# kdumpd.service starts before dbus.socket exists (units/kdumpd.service): how long the
+# daemon waits for the bus. Less than WatchdogSec: the loop, which pings, is not running yet.
+BUS_WAIT_S = 40.0
 # Checks one user may have waiting for polkit at once. The bus alone would let one user
 # hold 256 connections x 128 pending calls, each a call and a polkit request kept here.
 AUTH_WAITING_PER_USER = 8
@@ -482,6 +486,21 @@ def _status_words(status: Status) -> str:
     return f"{text}: {status.LastError}" if status.LastError else text
 
 
+def connect(wait_s: float = BUS_WAIT_S) -> Any | None:
+    """The system bus, once its socket is there; None (and why, in the journal) if it does
+    not come. Until dbus.socket is set up, connecting fails at once; the first load runs in
+    the worker meanwhile."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return SystemBus()
+        except GLib.Error as e:
+            if time.monotonic() >= deadline:
+                journal.send(journal.ERR, f"no system bus after {wait_s:.0f} s: {e.message}")
+                return None
+        time.sleep(0.1)
+
+
 def serve(
     daemon: Daemon,
     worker: requests.Worker,
@@ -490,7 +509,9 @@ def serve(
 ) -> int:
     """Run the daemon until SIGTERM; READY=1 once the worker (service.start) has served
     the first load. Returns the exit status."""
-    bus = bus or SystemBus()
+    bus = bus or connect()
+    if bus is None:
+        return 1
     loop = GLib.MainLoop()
     dispatcher = Dispatcher()
     obj = KdumpObject(daemon, worker, bus.con, auth_timeout_s, dispatcher)

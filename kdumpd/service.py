@@ -301,7 +301,6 @@ class Daemon:
             if why:
                 journal.send(journal.INFO, f"reloading the crash kernel: {why}")
             self._began = time.monotonic()
-            self._attempt = self._inputs()
             self._reload()
         except Failure as failure:
             self._fail(failure.state, str(failure))
@@ -377,7 +376,16 @@ class Daemon:
         return cfg
 
     def _reload(self) -> None:
+        # What _unchanged compares with: each file's identity taken before it is read, so
+        # a change while reading makes the next unforced reload read it again.
+        config_id = identity(self.config_path)
+        self._attempt = config_id
         cfg = self._read_config()
+        try:
+            files, note = kernels.choose(cfg, platform.release(), self.sysroot)
+        except kernels.KernelNotFound as e:
+            raise Failure("failed", str(e)) from None
+        self._attempt = config_id + identity(files.image, files.initrd)
         if not self.kexec.supported():
             raise Failure(
                 "unsupported",
@@ -385,10 +393,6 @@ class Daemon:
                 f"{self.kexec.machine} ({self.sysroot / 'sys/kernel/kexec_crash_loaded'} "
                 "is missing: CONFIG_KEXEC_FILE/CONFIG_CRASH_DUMP off)",
             )
-        try:
-            files, note = kernels.choose(cfg, platform.release(), self.sysroot)
-        except kernels.KernelNotFound as e:
-            raise Failure("failed", str(e)) from None
         if note:
             journal.send(journal.WARNING, note, kernel_version=files.version)
         elif (old := self.good) and old.version != files.version and not old.kernel.path.exists():

@@ -95,12 +95,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.05)
 
 
-@contextlib.contextmanager
-def private_bus() -> Iterator[Bus]:
-    """A system bus of our own (the tests' and bench.dbus_memory's)."""
-    # Readable by the unprivileged test user, unlike pytest's tmp_path.
+def bus_workdir() -> Path:
+    """Where a private bus keeps its socket and config: readable by the unprivileged test
+    user, unlike pytest's tmp_path. Its socket will be unix:path=WORKDIR/bus."""
     workdir = Path(tempfile.mkdtemp(prefix="kdumpd-bus-"))
     workdir.chmod(0o755)
+    return workdir
+
+
+@contextlib.contextmanager
+def private_bus(workdir: Path | None = None) -> Iterator[Bus]:
+    """A system bus of our own (the tests' and bench.dbus_memory's), in `workdir`."""
+    workdir = workdir or bus_workdir()
     proc = subprocess.Popen(
         ["dbus-daemon", f"--config-file={_bus_config(workdir)}", "--nofork", "--print-address=1"],
         stdout=subprocess.PIPE,
