@@ -431,6 +431,8 @@ class Daemon:
         own initramfs and systemd. An initramfs not built yet is built now while a crash
         kernel is loaded (the machine stays protected meanwhile); with none loaded, the
         machine's boot is armed first and the build comes after (build_environment)."""
+        if image := environment.recall(cfg, files.version, self.sysroot, self.cache):
+            return Arming("initramfs", image.path, image.unpacked, "")
         plan, reason = environment.choose(cfg, files.version, self.sysroot, self.planner)
         if plan is None:
             why = reason and f"capture boots the system's own initramfs and systemd: {reason}"
@@ -448,6 +450,7 @@ class Daemon:
             return Arming("system", files.initrd, images.initrd_unpacked(files.initrd), "")
         if image is None:
             image = self._build(plan)
+        environment.remember(plan, image, self.cache)
         return Arming("initramfs", image.path, image.unpacked, "")
 
     def _build(self, plan: environment.Plan) -> environment.Image:

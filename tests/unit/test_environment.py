@@ -84,7 +84,7 @@ def _modules_dir(root: Path) -> Path:
 
 
 def test_modules_load_dependencies_and_soft_dependencies_first(tmp_path: Path) -> None:
-    index = environment.ModuleIndex.read(_modules_dir(tmp_path))
+    index = environment.ModuleIndex.read(_modules_dir(tmp_path), environment.Sources())
     order = index.load_order({"ext4", "virtio_blk", "virtio_pci", "dm-mod"})
     names = [environment.module_name(p) for p in order]
     assert names.index("crc32c_generic") < names.index("ext4")
@@ -348,3 +348,108 @@ def test_stage_one_runs_in_order_and_fails_into_the_failure_action(tmp_path: Pat
         f"kdumpd: capture FAILED: no root file system (UUID {ROOT_UUID}) within 60 s "
         "(modules that did not load: jbd2.ko)\nkdumpd: capture failed; poweroff\n"
     ) in said
+
+
+def _recallable(tmp_path: Path) -> tuple[Path, str, Path, environment.Image]:
+    """A fake machine whose capture initramfs was planned, built and remembered."""
+    root = machine(tmp_path, ROOT_MOUNT)
+    _plan(root, config.Config())  # installs the files the plan reads
+    version = "6.1.0-50-amd64"
+    cache = tmp_path / "cache"
+    p = environment.plan(config.Config(), version, root, python="/usr/bin/py")
+    image = environment.build(p, cache)
+    environment.remember(p, image, cache)
+    return root, version, cache, image
+
+
+def _recall(root: Path, version: str, cache: Path, **cfg: object) -> environment.Image | None:
+    cfg_ = config.Config(**cfg)  # type: ignore[arg-type]
+    return environment.recall(cfg_, version, root, cache, python="/usr/bin/py")
+
+
+def test_an_unchanged_machine_recalls_its_image_without_reading_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, version, cache, image = _recallable(tmp_path)
+
+    def no_reading(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("recall read a file's contents")
+
+    monkeypatch.setattr(environment.Contents, "file", no_reading)
+    monkeypatch.setattr(environment.ModuleIndex, "read", no_reading)
+    recalled = _recall(root, version, cache)
+    assert recalled is not None
+    assert (recalled.path, recalled.size, recalled.unpacked) == (
+        image.path,
+        image.size,
+        image.unpacked,
+    )
+
+
+CHANGES = {
+    "busybox rewritten": lambda root: (root / "usr/bin/busybox").write_bytes(b"#!/bin/sh\n#\n"),
+    "busybox removed": lambda root: (root / "usr/bin/busybox").unlink(),
+    "a module rewritten": lambda root: next((root / "lib/modules").rglob("ext4.ko")).write_bytes(
+        b"another ext4"
+    ),
+    "modules.dep emptied": lambda root: next(
+        (root / "lib/modules").rglob("modules.dep")
+    ).write_text(""),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_any_change_to_what_the_plan_read_plans_again(tmp_path: Path, change: str) -> None:
+    root, version, cache, _ = _recallable(tmp_path)
+    assert _recall(root, version, cache) is not None
+    CHANGES[change](root)
+    assert _recall(root, version, cache) is None
+
+
+def test_the_configuration_is_part_of_what_the_plan_was_made_from(tmp_path: Path) -> None:
+    root, version, cache, _ = _recallable(tmp_path)
+    assert _recall(root, version, cache, compression="zlib") is None
+    assert _recall(root, version, cache, dump_path=Path("/srv")) is None
+    assert _recall(root, version, cache, initrd=Path("/boot/initrd.img")) is None
+    assert _recall(root, version, cache) is not None
+
+
+def test_a_file_touched_but_equal_plans_again_to_the_same_image(tmp_path: Path) -> None:
+    """Identity tells when to look again; contents decide whether to build (the file name
+    is a hash of the archive)."""
+    root, version, cache, image = _recallable(tmp_path)
+    busybox = root / "usr/bin/busybox"
+    os.utime(busybox, ns=(1, 1))
+    assert _recall(root, version, cache) is None
+    again = environment.plan(config.Config(), version, root, python="/usr/bin/py")
+    assert environment.find(again, cache) == environment.Image(
+        image.path, image.size, image.unpacked, 0.0
+    )
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        "not json",
+        "[]",
+        '{"key": 1}',
+        "FIFO",
+        "HUGE",
+        "IMAGE ../../etc/passwd",
+        "IMAGE initramfs-gone.img",
+    ],
+)
+def test_a_damaged_manifest_plans_again(tmp_path: Path, manifest: str) -> None:
+    root, version, cache, _ = _recallable(tmp_path)
+    path = cache / environment.MANIFEST
+    if manifest == "FIFO":
+        path.unlink()
+        os.mkfifo(path)
+    elif manifest == "HUGE":
+        path.write_bytes(b" " * (environment.MANIFEST_MAX + 1))
+    elif manifest.startswith("IMAGE "):
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "image": manifest.split()[1]}))
+    else:
+        path.write_text(manifest)
+    assert _recall(root, version, cache) is None
