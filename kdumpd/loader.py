@@ -17,8 +17,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdumpd import digests
-
 SYSCALL_NUMBERS = {
     "x86_64": 320,
     "aarch64": 294,
@@ -88,7 +86,10 @@ class Image:
     path: Path
     fd: int
     size: int
-    sha256: str  # of the copy: what the daemon loaded, to know it again after a restart
+    # The file's device, inode, size, mtime and ctime when it was copied: what the daemon
+    # loaded, to know it again after a restart. Not a hash of the copy: hashing the kernel
+    # and initrd took 0.17 s of each start in the guest (0.28 s per 16 MiB, idle, TCG).
+    identity: tuple[int, ...]
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -103,15 +104,16 @@ def snapshot(path: Path) -> Image:
     """Copy a file into a sealed memfd."""
     fd = os.memfd_create(f"kdumpd:{path.name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
-        digest = digests.sha256()
         with path.open("rb") as src:
+            # Taken before the copy: a change while copying makes the next daemon reload.
+            st = os.fstat(src.fileno())
             size = 0
             while chunk := src.read(1 << 20):
                 os.write(fd, chunk)
-                digest.update(chunk)
                 size += len(chunk)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-        return Image(path, fd, size, digest.hexdigest())
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return Image(path, fd, size, identity)
     except BaseException:
         os.close(fd)
         raise

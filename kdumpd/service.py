@@ -116,7 +116,7 @@ def now_usec() -> int:
 
 
 RUN_DIR = Path("run/kdumpd")  # under the sysroot: kept across daemon restarts, not boots
-# Which crash kernel this daemon loaded (its files' hashes, command line, reservation):
+# Which crash kernel this daemon loaded (its files' identities, command line, reservation):
 # a daemon started again finds it loaded and adopts it instead of loading it again.
 LOADED_RECORD = "loaded.json"
 # Present after an Unload: file events and hotplug do not load until the next Reload.
@@ -152,6 +152,9 @@ class Daemon:
         self._outcome = self.status.State  # how the last request ended
         self._attempt: Identity | None = None  # the files the last reload read
         self._began = 0.0  # when the reload under way began, by the monotonic clock
+        # Set once the first request needs the CPU no more: inside kexec_file_load (which
+        # runs without the GIL), or over. `kdumpd serve` imports GLib after it (cli.py).
+        self.off_cpu = threading.Event()
 
     def _set(self, **changes: Any) -> None:
         """Report what changed. State is derived: "loading" while a request is queued or
@@ -172,6 +175,12 @@ class Daemon:
 
     def serve(self, request: requests.Request) -> None:
         """One request from the queue (the worker's)."""
+        try:
+            self._serve(request)
+        finally:
+            self.off_cpu.set()
+
+    def _serve(self, request: requests.Request) -> None:
         if request.kind == requests.UNLOAD:
             self.unload()
         elif request.kind == requests.BUILD:
@@ -510,8 +519,8 @@ class Daemon:
     def _record(self, new: Loaded) -> dict[str, Any]:
         return {
             "boot_id": self._boot_id(),
-            "kernel_sha256": new.kernel.sha256,
-            "initrd_sha256": new.initrd.sha256 if new.initrd else "",
+            "kernel": [str(new.kernel.path), *new.kernel.identity],
+            "initrd": [str(new.initrd.path), *new.initrd.identity] if new.initrd else [],
             "cmdline": new.cmdline,
             "reserved_bytes": self.status.ReservedBytes,
         }
@@ -532,6 +541,7 @@ class Daemon:
         adopted = self._adoptable(new)
         syscall = time.monotonic()
         if not adopted:
+            self.off_cpu.set()
             try:
                 self.kexec.load(new.kernel, new.initrd, new.cmdline)
             except KexecError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -256,3 +257,27 @@ def test_latest(tmp_path: Path) -> None:
 )
 def test_files_in_flight_are_not_kernel_versions(name: str, is_version: bool) -> None:
     assert kernels.is_version(name) is is_version
+
+
+def test_the_first_load_says_when_it_needs_the_cpu_no_more(tmp_path: Path) -> None:
+    """`kdumpd serve` imports GLib once the first load is in kexec_file_load, or over."""
+    from kdumpd import requests
+
+    m = Machine(tmp_path)
+    seen = []
+    call = m.kexec._call
+
+    def watched(*args: Any) -> None:
+        seen.append(m.daemon.off_cpu.is_set())
+        call(*args)
+
+    m.kexec._call = watched  # type: ignore[method-assign,assignment]
+    assert not m.daemon.off_cpu.is_set()
+    m.daemon.serve(requests.Request(requests.RELOAD, ["first"], True, False, 0.0, 0.0))
+    assert seen == [True] and m.daemon.off_cpu.is_set()
+    # A first request that never reaches the kernel sets it too.
+    m.config.write_text("dump_level: [\n")
+    failing = Machine.restarted(m)
+    failing.daemon.serve(requests.Request(requests.RELOAD, ["first"], True, False, 0.0, 0.0))
+    assert failing.daemon.status.State == "loaded"  # the one loaded before stays
+    assert failing.daemon.off_cpu.is_set()

@@ -35,3 +35,28 @@ def test_capture_target_starts_capture() -> None:
     service = (UNITS / "kdumpd-capture.service").read_text()
     assert "ExecStart=/usr/bin/kdumpd capture" in service
     assert "ConditionPathExists=/proc/vmcore" in service
+
+
+def _values(text: str, key: str) -> list[str]:
+    return [
+        v
+        for line in text.splitlines()
+        if line.startswith(f"{key}=")
+        for v in line[len(key) + 1 :].split()
+    ]
+
+
+def test_daemon_unit_arms_early_and_multi_user_waits_for_it() -> None:
+    """Started as kdump-tools is, right after the local file systems; without default
+    dependencies a target does not wait for the units it wants, so the unit says it."""
+    text = (UNITS / "kdumpd.service").read_text()
+    assert _values(text, "DefaultDependencies") == ["no"]
+    assert "local-fs.target" in _values(text, "After")
+    assert not {"basic.target", "sysinit.target", "dbus.socket", "dbus.service"} & set(
+        _values(text, "After")
+    )
+    assert {"multi-user.target", "shutdown.target"} <= set(_values(text, "Before"))
+    assert _values(text, "Conflicts") == ["shutdown.target"]
+    assert _values(text, "WantedBy") == ["multi-user.target"]
+    # PrivateTmp= would order it after systemd-tmpfiles-setup.service, late in sysinit.
+    assert not _values(text, "PrivateTmp")

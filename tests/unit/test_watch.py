@@ -217,11 +217,19 @@ def test_a_restarted_daemon_adopts_what_it_loaded_instead_of_loading_again(
     s = again.daemon.status
     assert again.kexec.calls == [] and (s.State, s.LastError) == ("loaded", "")
     assert again.daemon.good is not None  # its copies, to restore from later
-    # A changed file, or a new boot, is loaded again.
-    (m.root / "proc/sys/kernel/random/boot_id").write_text("another boot\n")
+    # The same bytes in another file (renamed over the old one, as dpkg installs) are
+    # loaded again: what was loaded is known by its file's identity, not by its hash.
+    kernel = m.root / f"boot/vmlinuz-{V}"
+    (kernel.parent / "new").write_bytes(kernel.read_bytes())
+    (kernel.parent / "new").rename(kernel)
     third = Machine.restarted(m)
     third.daemon.reload()
     assert len(third.kexec.calls) == 1
+    # So is everything in a new boot.
+    (m.root / "proc/sys/kernel/random/boot_id").write_text("another boot\n")
+    fourth = Machine.restarted(m)
+    fourth.daemon.reload()
+    assert len(fourth.kexec.calls) == 1
 
 
 def test_a_kernel_being_unpacked_is_not_installed_yet(tmp_path: Path) -> None:

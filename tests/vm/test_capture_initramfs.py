@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.vm.guest import Guest, GuestFactory
 from tests.vm.image import ImagePaths
-from tests.vm.kdumpd_guest import crash_and_come_back, wait_armed, wait_state
+from tests.vm.kdumpd_guest import crash_and_come_back, journal, wait_armed, wait_state
 
 # kdump-tools needs 120M on this machine (make bench-reservation); the issue's goal is 96M.
 SMALL_MB = 96
@@ -66,6 +66,14 @@ def test_a_stock_machine_captures_with_a_small_reservation(
     assert "kdumpd: capture environment up" in console
     assert "Out of memory" not in console
     dump = _one_complete_dump(g)
+    # In the boot after the crash: armed again from the remembered plan, started before
+    # sysinit was done (units/kdumpd.service), and multi-user waited for the load.
+    assert wait_armed(g)["Initrd"] == s["Initrd"]
+    assert "capture initramfs built" not in journal(g, "-b", "-u", "kdumpd")
+    started = _monotonic(g, "kdumpd.service", "InactiveExitTimestampMonotonic")
+    assert started < _monotonic(g, "basic.target", "ActiveEnterTimestampMonotonic")
+    ready = _monotonic(g, "kdumpd.service", "ActiveEnterTimestampMonotonic")
+    assert ready <= _monotonic(g, "multi-user.target", "ActiveEnterTimestampMonotonic")
 
     # Booted with exactly what kdumpd recommends, it captures too.
     assert recommended <= (SMALL_MB + 32) << 20
@@ -79,6 +87,12 @@ def test_a_stock_machine_captures_with_a_small_reservation(
     g.shutdown()
     line = _panic_line_read_back(g, str(dump["Path"]), tmp_path)
     assert "sysrq triggered crash" in line
+
+
+def _monotonic(g: Guest, unit: str, timestamp: str) -> int:
+    value = int(g.run(f"systemctl show -p {timestamp} --value {unit}").stdout)
+    assert value > 0, f"{unit} has no {timestamp}"
+    return value
 
 
 LVM_SETUP = """
