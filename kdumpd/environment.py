@@ -364,6 +364,9 @@ class Contents:
         self.sources = sources
         self.entries: dict[str, cpio.Entry] = {}
         self._library_dirs = elf.library_dirs(sysroot)
+        conf = sysroot / "etc/ld.so.conf.d"
+        for path in (sysroot / "etc/ld.so.conf", conf, *sorted(conf.glob("*"))):
+            sources.add(path)  # where libraries are looked for
 
     def _directories(self, path: str) -> None:
         parts = path.split("/")[:-1]

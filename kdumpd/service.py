@@ -29,6 +29,7 @@ from kdumpd import (
     kernels,
     requests,
     reservation,
+    skew,
 )
 from kdumpd.loader import Image, Kexec, KexecError, snapshot
 from kdumpd.sizes import format_size, human_size
@@ -432,6 +433,10 @@ class Daemon:
         if verdict.state == "below-recommended":
             warning = f"warning: {verdict.message} Set {verdict.suggestion}."
             journal.send(journal.WARNING, warning, journal.MSG_RESERVATION)
+        # The kernel makedumpfile will read at crash time is the running one.
+        if skewed := skew.warning(skew.installed_version(self.sysroot), platform.release()):
+            journal.send(journal.WARNING, f"warning: {skewed}", kernel_version=platform.release())
+            warning = " ".join(filter(None, (warning, f"warning: {skewed}")))
         new = self._prepare(files, arming, cfg)
         self._load(new, warning, note, arming.why)
 

@@ -453,3 +453,14 @@ def test_a_damaged_manifest_plans_again(tmp_path: Path, manifest: str) -> None:
     else:
         path.write_text(manifest)
     assert _recall(root, version, cache) is None
+
+
+def test_a_new_library_directory_plans_again(tmp_path: Path) -> None:
+    root, version, cache, _ = _recallable(tmp_path)
+    (root / "etc/ld.so.conf.d").mkdir(parents=True, exist_ok=True)
+    assert _recall(root, version, cache) is None  # the directory appeared
+    p = environment.plan(config.Config(), version, root, python="/usr/bin/py")
+    environment.remember(p, environment.build(p, cache), cache)
+    assert _recall(root, version, cache) is not None
+    (root / "etc/ld.so.conf.d/x86_64-linux-gnu.conf").write_text("/opt/lib\n")
+    assert _recall(root, version, cache) is None

@@ -281,3 +281,24 @@ def test_the_first_load_says_when_it_needs_the_cpu_no_more(tmp_path: Path) -> No
     failing.daemon.serve(requests.Request(requests.RELOAD, ["first"], True, False, 0.0, 0.0))
     assert failing.daemon.status.State == "loaded"  # the one loaded before stays
     assert failing.daemon.off_cpu.is_set()
+
+
+@pytest.mark.parametrize("version, warned", [("1.7.2", True), ("1.7.3", False)])
+def test_a_makedumpfile_older_than_the_running_kernel_is_a_warning_in_last_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str, warned: bool
+) -> None:
+    """Issue 13: Debian 12's makedumpfile 1.7.2 knows kernels up to 6.0.1 (kdumpd/skew.py)."""
+    import platform
+
+    monkeypatch.setattr(platform, "release", lambda: V)
+    m = Machine(tmp_path)
+    binary = m.root / "usr/bin/makedumpfile"
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    binary.write_bytes(b"\x7fELF...makedumpfile: version " + version.encode() + b" (released on")
+    m.daemon.reload()
+    s = m.daemon.status
+    assert s.State == "loaded"
+    expected = f"warning: makedumpfile 1.7.2 supports kernels up to 6.0.1, and kernel {V} is newer"
+    assert (expected in s.LastError) is warned, s.LastError
+    if not warned:
+        assert s.LastError == ""
