@@ -27,7 +27,7 @@ from kdumpd.sizes import SizeError, format_size, human_size, parse_size
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_NOT_LOADED = 3  # like `systemctl is-active`
-FIRST_LOAD_FIRST_S = 10.0  # at most: a worker stuck there is the watchdog's to report
+FIRST_LOAD_FIRST_S = 10.0  # at most: a first load stuck for good is the start timeout's
 
 
 def _print_json(value: Any) -> None:

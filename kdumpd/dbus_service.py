@@ -102,8 +102,9 @@ class Refused(Exception):
 # after this long the caller is refused, so a forgotten agent holds nothing for ever.
 AUTH_TIMEOUT_S = 60.0
 # kdumpd.service starts before dbus.socket exists (units/kdumpd.service): how long the
-# daemon waits for the bus. Less than WatchdogSec: the loop, which pings, is not running yet.
-BUS_WAIT_S = 40.0
+# daemon waits for the bus. Within the unit's start timeout (TimeoutStartSec, 90 s by
+# default; the watchdog counts only after READY=1): exiting, it is started again.
+BUS_WAIT_S = 60.0
 # Checks one user may have waiting for polkit at once. The bus alone would let one user
 # hold 256 connections x 128 pending calls, each a call and a polkit request kept here.
 AUTH_WAITING_PER_USER = 8

@@ -363,10 +363,12 @@ class Contents:
         self.sysroot = sysroot
         self.sources = sources
         self.entries: dict[str, cpio.Entry] = {}
-        self._library_dirs = elf.library_dirs(sysroot)
+        # Each identity is taken before what it stands for is read: a change in between
+        # is then seen at the next recall.
         conf = sysroot / "etc/ld.so.conf.d"
         for path in (sysroot / "etc/ld.so.conf", conf, *sorted(conf.glob("*"))):
             sources.add(path)  # where libraries are looked for
+        self._library_dirs = elf.library_dirs(sysroot)
 
     def _directories(self, path: str) -> None:
         parts = path.split("/")[:-1]
@@ -417,10 +419,10 @@ class Contents:
             self.program(info.interpreter)
         origin = str(Path(path).parent)
         dirs = [d.replace("$ORIGIN", origin) for d in info.search] + list(self._library_dirs)
+        for d in dirs:  # a library added to a directory searched earlier changes the plan
+            self.sources.add(self.sysroot / d.lstrip("/"))
         for lib in info.needed:
             found = next((d for d in dirs if (self.sysroot / d.lstrip("/") / lib).exists()), None)
-            for d in dirs[: dirs.index(found) + 1 if found else None]:
-                self.sources.add(self.sysroot / d.lstrip("/"))  # a library added earlier on
             if found is None:
                 raise Unreachable(f"{path} needs {lib}, which is not installed")
             self.program(f"{found}/{lib}")
@@ -453,6 +455,12 @@ def _identity(path: Path, follow: bool = True) -> tuple[int, ...]:
     except OSError:
         return ()
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+# The planning code's files as this process imported them: during a package upgrade the
+# old daemon still plans with the old code while the new files are on disk.
+_CODE = {m.__file__: list(_identity(Path(str(m.__file__)))) for m in (cpio, elf, init)}
+_CODE[__file__] = list(_identity(Path(__file__)))
 
 
 class Sources:
@@ -595,11 +603,10 @@ class Intent:
 
     @property
     def key(self) -> str:
-        """All of it, and this code's own files: a plan made from an equal key and unchanged
+        """All of it, and the code that plans: a plan made from an equal key and unchanged
         files is the same archive."""
-        code = {f: list(_identity(Path(f))) for f in (__file__, init.__file__, cpio.__file__)}
         fields = dataclasses.asdict(self)
-        return json.dumps({**fields, "code": code}, sort_keys=True, default=_json_default)
+        return json.dumps({**fields, "code": _CODE}, sort_keys=True, default=_json_default)
 
 
 def _json_default(value: object) -> object:

@@ -340,20 +340,23 @@ class Daemon:
     def _inputs(self) -> Identity:
         """The config and the kernel files a reload would read now; the reload itself says
         what is wrong with them."""
+        makedumpfile = skew.installed_path(self.sysroot)  # its version is in LastError
         try:
             cfg = config.load(self.config_path)
             files, _ = kernels.choose(cfg, platform.release(), self.sysroot)
         except (config.ConfigError, kernels.KernelNotFound, OSError):
-            return identity(self.config_path)
-        return identity(self.config_path, files.image, files.initrd)
+            return identity(self.config_path, makedumpfile)
+        return identity(self.config_path, makedumpfile, files.image, files.initrd)
 
     def watch_targets(self) -> dict[Path, Callable[[str], bool]]:
         """Directories to watch, each with the file names in it that should cause a reload:
-        the config, the loaded kernel's files, and those of the kernel the config asks for."""
+        the config, the loaded kernel's files, those of the kernel the config asks for, and
+        makedumpfile (whose version LastError may warn about)."""
         cfg = self.config or config.Config(path=self.config_path)
         wanted = {"running": platform.release(), "latest": ""}.get(cfg.kernel, cfg.kernel)
-        names = {self.config_path.name}
-        dirs = {self.config_path.parent, self.sysroot / "boot"}
+        makedumpfile = skew.installed_path(self.sysroot) or self.sysroot / "usr/sbin/makedumpfile"
+        names = {self.config_path.name, makedumpfile.name}
+        dirs = {self.config_path.parent, self.sysroot / "boot", makedumpfile.parent}
         if self.good:
             for image in filter(None, (self.good.kernel, self.good.initrd)):
                 if image.path.parent != self.cache:  # kdumpd's own initramfs
@@ -388,14 +391,9 @@ class Daemon:
     def _reload(self) -> None:
         # What _unchanged compares with: each file's identity taken before it is read, so
         # a change while reading makes the next unforced reload read it again.
-        config_id = identity(self.config_path)
+        config_id = identity(self.config_path, skew.installed_path(self.sysroot))
         self._attempt = config_id
         cfg = self._read_config()
-        try:
-            files, note = kernels.choose(cfg, platform.release(), self.sysroot)
-        except kernels.KernelNotFound as e:
-            raise Failure("failed", str(e)) from None
-        self._attempt = config_id + identity(files.image, files.initrd)
         if not self.kexec.supported():
             raise Failure(
                 "unsupported",
@@ -403,6 +401,11 @@ class Daemon:
                 f"{self.kexec.machine} ({self.sysroot / 'sys/kernel/kexec_crash_loaded'} "
                 "is missing: CONFIG_KEXEC_FILE/CONFIG_CRASH_DUMP off)",
             )
+        try:
+            files, note = kernels.choose(cfg, platform.release(), self.sysroot)
+        except kernels.KernelNotFound as e:
+            raise Failure("failed", str(e)) from None
+        self._attempt = config_id + identity(files.image, files.initrd)
         if note:
             journal.send(journal.WARNING, note, kernel_version=files.version)
         elif (old := self.good) and old.version != files.version and not old.kernel.path.exists():
@@ -445,8 +448,12 @@ class Daemon:
         own initramfs and systemd. An initramfs not built yet is built now while a crash
         kernel is loaded (the machine stays protected meanwhile); with none loaded, the
         machine's boot is armed first and the build comes after (build_environment)."""
-        if image := environment.recall(cfg, files.version, self.sysroot, self.cache):
-            return Arming("initramfs", image.path, image.unpacked, "")
+        # plan.json is the real planner's record (a test's fake plans write none).
+        recalled = self.planner is environment.plan and environment.recall(
+            cfg, files.version, self.sysroot, self.cache
+        )
+        if recalled:
+            return Arming("initramfs", recalled.path, recalled.unpacked, "")
         plan, reason = environment.choose(cfg, files.version, self.sysroot, self.planner)
         if plan is None:
             why = reason and f"capture boots the system's own initramfs and systemd: {reason}"
@@ -464,7 +471,10 @@ class Daemon:
             return Arming("system", files.initrd, images.initrd_unpacked(files.initrd), "")
         if image is None:
             image = self._build(plan)
-        environment.remember(plan, image, self.cache)
+        try:
+            environment.remember(plan, image, self.cache)
+        except OSError as e:  # only the next start's shortcut is lost
+            journal.send(journal.WARNING, f"cannot write {self.cache / environment.MANIFEST}: {e}")
         return Arming("initramfs", image.path, image.unpacked, "")
 
     def _build(self, plan: environment.Plan) -> environment.Image:

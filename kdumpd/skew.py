@@ -20,7 +20,14 @@ from pathlib import Path
 
 from kdumpd.environment import SBIN_DIRS
 
-__all__ = ["LATEST_VERSION", "installed_version", "kernel_version", "parse_version", "warning"]
+__all__ = [
+    "LATEST_VERSION",
+    "installed_path",
+    "installed_version",
+    "kernel_version",
+    "parse_version",
+    "warning",
+]
 
 Version = tuple[int, int, int]
 
@@ -87,18 +94,26 @@ def parse_version(data: bytes) -> Version | None:
     return int(major), int(minor), int(patch or 0)
 
 
-def installed_version(sysroot: Path) -> Version | None:
-    """The version of the makedumpfile capture runs (the first in SBIN_DIRS, as capture
-    finds it on PATH), read from the binary without running it; None when none is
-    installed or it names no version."""
+def installed_path(sysroot: Path) -> Path | None:
+    """The makedumpfile capture runs: the first in SBIN_DIRS, as capture finds it on PATH."""
     for d in SBIN_DIRS:
         path = sysroot / d.lstrip("/") / "makedumpfile"
-        try:
-            with path.open("rb") as f:
-                return parse_version(f.read(_BINARY_MAX))
-        except OSError:
-            continue
+        if path.is_file():
+            return path
     return None
+
+
+def installed_version(sysroot: Path) -> Version | None:
+    """The version of the makedumpfile capture runs, read from the binary without running
+    it; None when none is installed or it names no version."""
+    path = installed_path(sysroot)
+    if path is None:
+        return None
+    try:
+        with path.open("rb") as f:
+            return parse_version(f.read(_BINARY_MAX))
+    except OSError:
+        return None
 
 
 def warning(makedumpfile: Version | None, release: str) -> str:

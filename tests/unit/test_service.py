@@ -302,3 +302,44 @@ def test_a_makedumpfile_older_than_the_running_kernel_is_a_warning_in_last_error
     assert (expected in s.LastError) is warned, s.LastError
     if not warned:
         assert s.LastError == ""
+
+
+def test_a_recalled_capture_initramfs_is_armed_without_planning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """environment.recall (its own tests: test_environment) comes before any plan."""
+    from kdumpd import environment
+
+    m = Machine(tmp_path)
+    image = m.cache / "initramfs-0123456789abcdef.img"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(INITRD)
+    recalled = environment.Image(image, len(INITRD), 3 * len(INITRD), 0.0)
+    monkeypatch.setattr(environment, "recall", lambda *args: recalled)
+
+    def no_planning(*args: object) -> environment.Plan:
+        raise AssertionError("planned although the plan was recalled")
+
+    # The real planner, as far as the daemon can tell: recall is its record.
+    monkeypatch.setattr(environment, "plan", no_planning)
+    m.daemon.planner = no_planning
+    m.daemon.reload()
+    s = m.daemon.status
+    assert (s.State, s.CaptureMode, s.Initrd) == ("loaded", "initramfs", str(image))
+
+
+def test_a_plan_is_remembered_once_its_image_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdumpd import environment
+
+    remembered: list[Path] = []
+    monkeypatch.setattr(
+        environment, "remember", lambda p, image, cache: remembered.append(image.path)
+    )
+    m = Machine(tmp_path)
+    m.daemon.reload()  # nothing loaded yet: the machine's own boot first, no image
+    assert remembered == []
+    m.daemon.build_environment()
+    (image,) = m.cache.glob("initramfs-*.img")
+    assert remembered == [image]

@@ -60,3 +60,4 @@ def test_daemon_unit_arms_early_and_multi_user_waits_for_it() -> None:
     assert _values(text, "WantedBy") == ["multi-user.target"]
     # PrivateTmp= would order it after systemd-tmpfiles-setup.service, late in sysinit.
     assert not _values(text, "PrivateTmp")
+    assert _values(text, "TemporaryFileSystem") == ["/tmp:ro", "/var/tmp:ro"]

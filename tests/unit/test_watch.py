@@ -284,13 +284,30 @@ def test_watch_targets(tmp_path: Path) -> None:
     m = Machine(tmp_path, versions=(V, "6.1.0-30-amd64"))
     m.daemon.reload()
     targets = m.daemon.watch_targets()
-    assert set(targets) == {m.root / "boot", m.config.parent}
+    # makedumpfile's directory: a new makedumpfile may end LastError's skew warning.
+    assert set(targets) == {m.root / "boot", m.config.parent, m.root / "usr/sbin"}
     matters = targets[m.root / "boot"]
     assert matters(f"initrd.img-{V}") and matters(f"vmlinuz-{V}")
-    assert matters("kdumpd.yaml")
+    assert matters("kdumpd.yaml") and matters("makedumpfile")
     assert not matters("vmlinuz-6.1.0-30-amd64")  # kernel: running ignores other kernels
     assert not matters("System.map-6.1.0-28-amd64")
     m.config.write_text("kernel: latest\n")
     m.daemon.reload()
     matters = m.daemon.watch_targets()[m.root / "boot"]
     assert matters("vmlinuz-6.1.0-31-amd64") and matters("initrd.img-6.1.0-31-amd64")
+
+
+def test_a_new_makedumpfile_is_a_change(tmp_path: Path) -> None:
+    """Its version is in LastError (kdumpd/skew.py): an unforced reload reads it again."""
+    m = Machine(tmp_path)
+    binary = m.root / "usr/sbin/makedumpfile"
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    binary.write_bytes(b"makedumpfile: version 1.6.0 (released on")
+    m.daemon.reload()
+    calls = len(m.kexec.calls)
+    m.daemon.reload(force=False)
+    assert len(m.kexec.calls) == calls  # nothing changed: nothing loaded
+    (binary.parent / "new").write_bytes(b"makedumpfile: version 1.7.9 (released on")
+    (binary.parent / "new").rename(binary)  # as dpkg installs it
+    m.daemon.reload(force=False)
+    assert len(m.kexec.calls) == calls + 1

@@ -66,15 +66,19 @@ def test_a_stock_machine_captures_with_a_small_reservation(
     assert len(built) == 1 and int(built[0]["__MONOTONIC_TIMESTAMP"]) > started, entries
     print(built[0]["MESSAGE"])
 
+    plan_record = "stat -c %Y:%i /var/cache/kdumpd/plan.json"
+    planned = g.run(plan_record).stdout
     offset = g.console_offset()
     crash_and_come_back(g, "capture complete")
     console = g.console_text(offset)
     assert "kdumpd: capture environment up" in console
     assert "Out of memory" not in console
     dump = _one_complete_dump(g)
-    # In the boot after the crash: armed again from the remembered plan, started before
-    # sysinit was done (units/kdumpd.service), and multi-user waited for the load.
+    # In the boot after the crash: armed again from the remembered plan (a plan made
+    # again would have written plan.json again), started before sysinit was done
+    # (units/kdumpd.service), and multi-user waited for the load.
     assert wait_armed(g)["Initrd"] == s["Initrd"]
+    assert g.run(plan_record).stdout == planned
     assert "capture initramfs built" not in journal(g, "-b", "-u", "kdumpd")
     started = _monotonic(g, "kdumpd.service", "InactiveExitTimestampMonotonic")
     assert started < _monotonic(g, "basic.target", "ActiveEnterTimestampMonotonic")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.guest import Guest, GuestFactory
+from tests.vm.guest import BASE_APPEND, Guest, GuestFactory
 from tests.vm.kdumpd_guest import (
     BUSCTL,
     OBJ,
@@ -128,6 +128,26 @@ def test_crashkernel_command(loaded_guest: Guest) -> None:
     assert "crashkernel=256M" in out and "268435456 bytes" in out
     out = loaded_guest.run("kdumpd crashkernel --json --memory 8G 2G-64G:256M,64G-:512M").stdout
     assert '"reserved_bytes": 268435456' in out
+
+
+def test_crashkernel_set_is_what_the_next_boot_reserves(loaded_guest: Guest) -> None:
+    """Issue 13: `kdumpd crashkernel --set 192M`, then a reboot. The VM test is the boot
+    loader here: it boots the kernel with what /etc/kernel/cmdline says, as systemd-boot
+    and unified kernel images take it from kernel-install. Last in this module: the guest
+    comes back with another reservation."""
+    g = loaded_guest
+    g.run(["sh", "-c", f"echo '{BASE_APPEND}' > /etc/kernel/cmdline"])
+    out = g.run("kdumpd crashkernel --set 192M").stdout
+    assert "crashkernel=192M" in out and "reboot to apply it" in out, out
+    written = g.run("cat /etc/kernel/cmdline").stdout.split()
+    assert [w for w in written if not w.startswith("crashkernel=")] == BASE_APPEND.split()
+    assert "Next boot" in g.run("kdumpd status").stdout  # 256M now, 192M configured
+    g.shutdown()
+    g.options.append = " ".join(w for w in written if w.startswith("crashkernel="))
+    g.start()
+    g.wait_booted()
+    assert wait_armed(g)["ReservedBytes"] == 192 << 20
+    assert "Next boot" not in g.run("kdumpd status").stdout
 
 
 def test_no_reservation(make_guest: GuestFactory, kdumpd_deb: Path) -> None:
