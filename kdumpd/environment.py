@@ -325,6 +325,7 @@ class ModuleIndex:
 
 
 def which(sysroot: Path, program: str) -> str:
+    """Where a program is, as PATH would find it; Unreachable when it is not installed."""
     for d in SBIN_DIRS:
         if (sysroot / d.lstrip("/") / program).is_file():
             return f"{d}/{program}"
@@ -449,12 +450,10 @@ def _modules(contents: Contents, index: ModuleIndex, names: set[str]) -> list[st
 
 
 def _identity(path: Path, follow: bool = True) -> tuple[int, ...]:
-    """Device, inode, size, mtime, ctime: a file rewritten in place changes its ctime."""
     try:
-        st = os.stat(path, follow_symlinks=follow)
+        return safefile.identity(os.stat(path, follow_symlinks=follow))
     except OSError:
         return ()
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 # The planning code's files as this process imported them: during a package upgrade the

@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdumpd import safefile
+
 SYSCALL_NUMBERS = {
     "x86_64": 320,
     "aarch64": 294,
@@ -112,8 +114,7 @@ def snapshot(path: Path) -> Image:
                 os.write(fd, chunk)
                 size += len(chunk)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        return Image(path, fd, size, identity)
+        return Image(path, fd, size, safefile.identity(st))
     except BaseException:
         os.close(fd)
         raise

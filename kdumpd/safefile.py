@@ -22,6 +22,12 @@ _KINDS = (
 )
 
 
+def identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """Which file this is and whether it changed: device, inode, size, mtime and ctime (a
+    file rewritten in place with its old mtime still gets a new ctime)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class Refused(OSError):
     """The file is not a regular file of at most the size asked for; str() says why."""
 

@@ -7,8 +7,10 @@ the D-Bus layer learns about changes through the on_change callback.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
+import gc
 import json
 import os
 import platform
@@ -29,6 +31,7 @@ from kdumpd import (
     kernels,
     requests,
     reservation,
+    safefile,
     skew,
 )
 from kdumpd.loader import Image, Kexec, KexecError, snapshot
@@ -60,21 +63,19 @@ class Status:
         return dataclasses.asdict(self)
 
 
-Identity = tuple[tuple[str, int, int, int, int], ...]
+Identity = tuple[tuple[str, tuple[int, ...]], ...]
 
 
 def identity(*paths: Path | None) -> Identity:
-    """Which files these are and whether they changed: path, device, inode, size, mtime."""
-    found = []
+    """Which files these are and whether they changed (safefile.identity; () when absent)."""
+    found: list[tuple[str, tuple[int, ...]]] = []
     for path in paths:
         if path is None:
             continue
         try:
-            st = path.stat()
+            found.append((str(path), safefile.identity(path.stat())))
         except OSError:
-            found.append((str(path), 0, 0, -1, 0))
-            continue
-        found.append((str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+            found.append((str(path), ()))
     return tuple(found)
 
 
@@ -180,6 +181,7 @@ class Daemon:
             self._serve(request)
         finally:
             self.off_cpu.set()
+            give_back_memory()
 
     def _serve(self, request: requests.Request) -> None:
         if request.kind == requests.UNLOAD:
@@ -682,6 +684,17 @@ def _tune_malloc() -> None:
     libc.mallopt(M_ARENA_MAX, 1)
     libc.mallopt(M_MMAP_THRESHOLD, 256 << 10)
     libc.mallopt(M_TRIM_THRESHOLD, 1 << 20)
+
+
+def give_back_memory() -> None:
+    """Free what a request left behind and return it to the kernel: a plan reads every
+    file of the capture initramfs (a few MB), and some of it is only freed by the cycle
+    collector; freed blocks under a live one stay resident until malloc_trim(3) (measured
+    in the stock guest, a reload that planned: anonymous memory +7.4 MB, +5.2 MB after
+    gc.collect() and malloc_trim)."""
+    gc.collect()
+    with contextlib.suppress(AttributeError):  # a libc without it (musl)
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def start(daemon: Daemon) -> requests.Worker:

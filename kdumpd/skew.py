@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from kdumpd.environment import SBIN_DIRS
+from kdumpd.environment import Unreachable, which
 
 __all__ = [
     "LATEST_VERSION",
@@ -95,12 +95,11 @@ def parse_version(data: bytes) -> Version | None:
 
 
 def installed_path(sysroot: Path) -> Path | None:
-    """The makedumpfile capture runs: the first in SBIN_DIRS, as capture finds it on PATH."""
-    for d in SBIN_DIRS:
-        path = sysroot / d.lstrip("/") / "makedumpfile"
-        if path.is_file():
-            return path
-    return None
+    """The makedumpfile capture runs, as capture finds it on PATH."""
+    try:
+        return sysroot / which(sysroot, "makedumpfile").lstrip("/")
+    except Unreachable:
+        return None
 
 
 def installed_version(sysroot: Path) -> Version | None:
