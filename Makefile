@@ -16,7 +16,7 @@ APT_PACKAGES := python3-venv python3-pip python3-gi python3-pydbus python3-syste
 	devscripts fakeroot git systemd makedumpfile busybox zstd man-db
 PIP_PACKAGES := pytest ruff mypy types-PyYAML
 
-.PHONY: all deps venv lint unit dbus vm test demo deb rpm image bench bench-reservation bench-compression clean
+.PHONY: all deps venv lint unit dbus vm test demo deb rpm image bench bench-reservation bench-compression bench-big clean
 
 all: test
 
@@ -76,6 +76,9 @@ bench-reservation: venv deb image
 
 bench-compression: venv deb image
 	$(PY) -m bench.compression
+
+bench-big: venv deb image
+	$(PY) -m bench.big_machine
 
 clean:
 	rm -rf $(VENV) $(DIST) build .mypy_cache .ruff_cache .pytest_cache

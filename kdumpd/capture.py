@@ -111,11 +111,18 @@ def run_makedumpfile(command: list[str]) -> tuple[int, list[str]]:
 
 
 def makedumpfile_command(
-    cfg: config.Config, source: Path, target: Path, supported: set[str]
+    cfg: config.Config, source: Path, target: Path, supported: set[str], cpus: int = 1
 ) -> tuple[list[str], str]:
     """The makedumpfile command line, and the compression actually used: a makedumpfile
-    built without the configured one (Debian 12's lacks zstd) falls back to lzo, then zlib."""
+    built without the configured one (Debian 12's lacks zstd) falls back to lzo, then zlib.
+    With more than one CPU, one thread per CPU reads and compresses pages (the main thread
+    writes); not for ELF output (-E), which makedumpfile writes with one thread only, nor
+    when makedumpfile_args chooses its own --num-threads."""
     compression = cfg.compression
+    args = cfg.makedumpfile_args
+    threaded = cpus > 1 and not any(
+        a == "-E" or a.startswith("--num-threads") or a.startswith("--elf") for a in args
+    )
     if compression not in supported:
         compression = next((c for c in ("lzo", "zlib") if c in supported), "none")
     flag = COMPRESSION_FLAGS[compression]
@@ -126,7 +133,8 @@ def makedumpfile_command(
         str(cfg.dump_level),
         "--message-level",
         "7",
-        *cfg.makedumpfile_args,
+        *(["--num-threads", str(cpus)] if threaded else []),
+        *args,
         str(source),
         str(target),
     ]
@@ -282,7 +290,11 @@ class Capture:
         incomplete = folder / dumps.INCOMPLETE
         version = subprocess.run(["makedumpfile", "-v"], capture_output=True, text=True).stdout
         command, compression = makedumpfile_command(
-            self.cfg, self.source, incomplete, supported_compressions(version)
+            self.cfg,
+            self.source,
+            incomplete,
+            supported_compressions(version),
+            len(os.sched_getaffinity(0)),  # the crash kernel's nr_cpus=
         )
         if compression != self.cfg.compression:
             self._say(

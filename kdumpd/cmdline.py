@@ -33,8 +33,9 @@ REMOVE = (
     "elfcorehdr",
 )
 
-# What kdump-utils and kdump-tools agree on: one CPU, tolerate devices left mid-DMA by the
-# dead kernel, reboot by itself if the crash kernel panics too.
+# What kdump-utils and kdump-tools agree on: one CPU (more on a big machine, build's
+# cpus), tolerate devices left mid-DMA by the dead kernel, reboot by itself if the crash
+# kernel panics too.
 APPEND = (
     "irqpoll",
     "nr_cpus=1",
@@ -111,15 +112,17 @@ def build(
     machine: str = "x86_64",
     max_len: int = 2047,
     system: bool = True,
+    cpus: int = 1,
 ) -> str:
     """The capture command line. Parameters in `append` replace same-named defaults;
     `remove` applies to the running command line and to the defaults. `system`: the crash
-    kernel boots the machine's systemd (else kdumpd's own initramfs)."""
+    kernel boots the machine's systemd (else kdumpd's own initramfs). cpus: its nr_cpus=
+    (reservation.capture_cpus)."""
     params = split(running)
     if "--" in params:  # what follows belongs to init, not to the kernel
         params = params[: params.index("--")]
     extra = [
-        *APPEND,
+        *(f"nr_cpus={cpus}" if p == "nr_cpus=1" else p for p in APPEND),
         *(APPEND_SYSTEM if system else ()),
         *(APPEND_X86 if machine == "x86_64" else ()),
     ]

@@ -11,18 +11,22 @@ from __future__ import annotations
 import math
 import platform
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdumpd.sizes import SizeError, format_size, human_size, scan_size
 
 __all__ = [
+    "BIG_MACHINE_RAM",
     "BITMAP_BITS_PER_PAGE",
     "CAPTURE_USERSPACE_BYTES",
     "INITRD_UNPACK_FACTOR",
     "KERNEL_IMAGE_FACTOR",
     "KERNEL_RUNTIME_BYTES",
     "KINDS",
+    "MAX_CAPTURE_CPUS",
+    "PER_CPU_BYTES",
     "RAM_ROUNDING",
     "RECOMMENDED_ALIGN",
     "RECOMMENDED_FLOOR",
@@ -33,7 +37,9 @@ __all__ = [
     "Reservation",
     "Verdict",
     "assess",
+    "capture_cpus",
     "capture_estimate",
+    "count_cpus",
     "crash_ranges",
     "crashkernel_params",
     "crashkernel_values",
@@ -41,6 +47,7 @@ __all__ = [
     "nice_size",
     "parse_crashkernel_value",
     "parse_iomem",
+    "planned_cpus",
     "read_reservation",
     "recommended_bytes",
     "requested_bytes",
@@ -379,6 +386,7 @@ class Reservation:
     reserved_bytes: int  # /sys/kernel/kexec_crash_size (the kernel's truth); 0 when missing
     iomem: list[IomemRange]  # Crash kernel ranges (empty when /proc/iomem hides addresses)
     ram_bytes: int  # RAM the crashkernel= ranges are evaluated against
+    online_cpus: int = 1  # /sys/devices/system/cpu/online
 
 
 def _read(path: Path) -> str:
@@ -440,7 +448,18 @@ def read_reservation(sysroot: Path = Path("/")) -> Reservation:
         reserved_bytes=reserved,
         iomem=crash_ranges(iomem_text),
         ram_bytes=ram,
+        online_cpus=count_cpus(_read(sysroot / "sys/devices/system/cpu/online")),
     )
+
+
+def count_cpus(cpulist: str) -> int:
+    """The number of CPUs in a sysfs CPU list ("0-3,8,10-11"); at least 1."""
+    count = 0
+    for part in cpulist.strip().split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit() and (last or first).isdigit():
+            count += int(last or first) - int(first) + 1
+    return max(count, 1)
 
 
 # --- How much memory capture needs -------------------------------------------
@@ -475,6 +494,17 @@ INITRAMFS_USERSPACE_BYTES = 16 * MiB
 # makedumpfile keeps two bitmaps of one bit per 4K page of the crashed system's
 # RAM; in cyclic mode they are cut into pieces, so this is an upper bound.
 BITMAP_BITS_PER_PAGE = 2
+# The crash kernel boots with one CPU (cmdline.APPEND), except on machines of
+# BIG_MACHINE_RAM or more (rounded as crashkernel= ranges round it: firmware keeps some of
+# the DIMMs), where makedumpfile has gigabytes to read, filter and compress:
+# there it gets up to MAX_CAPTURE_CPUS, one makedumpfile thread each (capture.py), as many
+# as the reservation holds. On a smaller machine the dump takes seconds, and bringing up
+# more CPUs costs about what they would save.
+BIG_MACHINE_RAM = 8 << 30
+MAX_CAPTURE_CPUS = 4
+# What each CPU after the first costs the crash kernel: its per-CPU areas and kthread
+# stacks, SLUB's and the page allocator's per-CPU lists, a makedumpfile thread's buffers.
+PER_CPU_BYTES = 6 * MiB
 # Suggestions land on multiples of 16M (x86's CRASH_ALIGN) ...
 RECOMMENDED_ALIGN = 16 * MiB
 # ... and, booting the machine's systemd, never below 128M: under it, capture that fits
@@ -491,6 +521,7 @@ class CaptureEstimate:
     kernel_runtime: int
     userspace: int
     bitmap: int
+    cpus: int  # the CPUs after the first (planned_cpus)
     memmap: int  # struct pages for the crash kernel's own memory
     total: int  # sum of the above, unrounded
     recommended: int  # total rounded up to RECOMMENDED_ALIGN (system: RECOMMENDED_FLOOR at least)
@@ -507,11 +538,12 @@ def capture_estimate(
     initrd_size: int,
     unpacked_size: int = 0,
     mode: str = "system",
+    cpus: int = 1,
 ) -> CaptureEstimate:
     """Estimate the crash reservation capture needs, part by part. `unpacked_size`: the
     initrd's size unpacked (images.unpacked_size); 0 when its format does not say, and it
     is estimated. mode "initramfs" is kdumpd's own capture initramfs, "system" the
-    machine's initramfs, which boots systemd."""
+    machine's initramfs, which boots systemd. cpus: the crash kernel's (planned_cpus)."""
     kernel = kernel_size * KERNEL_IMAGE_FACTOR
     bitmap = math.ceil(ram_bytes / _PAGE_BYTES * BITMAP_BITS_PER_PAGE / 8)
     initrd = initrd_size + (unpacked_size or initrd_size * (INITRD_UNPACK_FACTOR - 1))
@@ -519,7 +551,8 @@ def capture_estimate(
         userspace, floor = INITRAMFS_USERSPACE_BYTES, 0
     else:
         userspace, floor = CAPTURE_USERSPACE_BYTES, RECOMMENDED_FLOOR
-    base = kernel + initrd + KERNEL_RUNTIME_BYTES + userspace + bitmap
+    extra_cpus = (cpus - 1) * PER_CPU_BYTES
+    base = kernel + initrd + KERNEL_RUNTIME_BYTES + userspace + bitmap + extra_cpus
     # The crash kernel spends 64 bytes of memmap per 4K page of its own memory,
     # i.e. the reservation R must satisfy R >= base + R/64.
     total = math.ceil(base * _PAGE_BYTES / (_PAGE_BYTES - _STRUCT_PAGE_BYTES))
@@ -529,6 +562,7 @@ def capture_estimate(
         kernel_runtime=KERNEL_RUNTIME_BYTES,
         userspace=userspace,
         bitmap=bitmap,
+        cpus=extra_cpus,
         memmap=total - base,
         total=total,
         recommended=max(nice_size(total), floor),
@@ -541,9 +575,24 @@ def recommended_bytes(
     initrd_size: int,
     unpacked_size: int = 0,
     mode: str = "system",
+    cpus: int = 1,
 ) -> int:
     """The crash reservation capture is estimated to need (see capture_estimate)."""
-    return capture_estimate(ram_bytes, kernel_size, initrd_size, unpacked_size, mode).recommended
+    estimate = capture_estimate(ram_bytes, kernel_size, initrd_size, unpacked_size, mode, cpus)
+    return estimate.recommended
+
+
+def planned_cpus(ram_bytes: int, online_cpus: int) -> int:
+    """The CPUs the crash kernel is meant to have, which RecommendedBytes counts."""
+    if _round_up(ram_bytes, RAM_ROUNDING) < BIG_MACHINE_RAM:
+        return 1
+    return max(1, min(online_cpus, MAX_CAPTURE_CPUS))
+
+
+def capture_cpus(reserved_bytes: int, planned: int, recommended: Callable[[int], int]) -> int:
+    """The CPUs the crash kernel boots with: the most of the planned ones whose
+    recommended reservation (recommended(cpus)) the one in effect holds; at least one."""
+    return next((n for n in range(planned, 1, -1) if recommended(n) <= reserved_bytes), 1)
 
 
 # --- Verdict ------------------------------------------------------------------

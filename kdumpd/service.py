@@ -98,6 +98,7 @@ class Loaded:
     initrd: Image | None
     cmdline: str
     mode: str
+    cpus: int  # the crash kernel's (nr_cpus=), and makedumpfile's threads
 
     def close(self) -> None:
         self.kernel.close()
@@ -421,11 +422,17 @@ class Daemon:
         res = reservation.read_reservation(self.sysroot)
         kernel_size, _ = files.sizes()
         initrd_size = arming.initrd.stat().st_size if arming.initrd else 0
-        recommended = reservation.recommended_bytes(
-            res.ram_bytes, kernel_size, initrd_size, arming.unpacked, arming.mode
-        )
-        self._set(ReservedBytes=res.reserved_bytes, RecommendedBytes=recommended)
-        verdict = reservation.assess(res, recommended, cfg.min_reservation)
+
+        def recommended_for(cpus: int) -> int:
+            return reservation.recommended_bytes(
+                res.ram_bytes, kernel_size, initrd_size, arming.unpacked, arming.mode, cpus
+            )
+
+        planned = reservation.planned_cpus(res.ram_bytes, res.online_cpus)
+        cpus = reservation.capture_cpus(res.reserved_bytes, planned, recommended_for)
+        self._set(ReservedBytes=res.reserved_bytes, RecommendedBytes=recommended_for(planned))
+        # Fewer CPUs than planned is slower, not a risk: only the one-CPU need is a warning.
+        verdict = reservation.assess(res, recommended_for(cpus), cfg.min_reservation)
         warning = ""
         if verdict.state in ("none", "too-small"):
             journal.send(journal.ERR, verdict.message, journal.MSG_RESERVATION)
@@ -442,7 +449,13 @@ class Daemon:
         if skewed := skew.warning(skew.installed_version(self.sysroot), platform.release()):
             journal.send(journal.WARNING, f"warning: {skewed}", kernel_version=platform.release())
             warning = " ".join(filter(None, (warning, f"warning: {skewed}")))
-        new = self._prepare(files, arming, cfg)
+        if cpus < planned:
+            journal.send(
+                journal.NOTICE,
+                f"capture gets {cpus} of the {planned} CPUs planned for it: crashkernel="
+                f"{format_size(recommended_for(planned))} would give it all",
+            )
+        new = self._prepare(files, arming, cfg, cpus)
         self._load(new, warning, note, arming.why)
 
     def _arming(self, cfg: config.Config, files: kernels.KernelFiles) -> Arming:
@@ -505,7 +518,9 @@ class Daemon:
             return
         self.reload(force=True, why="the capture initramfs is built")
 
-    def _prepare(self, files: kernels.KernelFiles, arming: Arming, cfg: config.Config) -> Loaded:
+    def _prepare(
+        self, files: kernels.KernelFiles, arming: Arming, cfg: config.Config, cpus: int
+    ) -> Loaded:
         try:
             kernel = snapshot(files.image)
             initrd = snapshot(arming.initrd) if arming.initrd else None
@@ -525,13 +540,14 @@ class Daemon:
                 self.kexec.machine,
                 limit,
                 system=arming.mode == "system",
+                cpus=cpus,
             )
         except (OSError, ValueError) as e:
             kernel.close()
             if initrd:
                 initrd.close()
             raise Failure("failed", str(e)) from None
-        return Loaded(files.version, kernel, initrd, line, arming.mode)
+        return Loaded(files.version, kernel, initrd, line, arming.mode, cpus)
 
     def _record(self, new: Loaded) -> dict[str, Any]:
         return {
@@ -578,7 +594,8 @@ class Daemon:
         done = (
             "was loaded already, by the daemon before this one: adopted"
             if adopted
-            else f"loaded ({sizes}, capture mode {new.mode}) into a "
+            else f"loaded ({sizes}, capture mode {new.mode}"
+            f"{f', {new.cpus} CPUs' if new.cpus > 1 else ''}) into a "
             f"{format_size(self.status.ReservedBytes)} reservation in "
             f"{time.monotonic() - self._began:.1f} s, {syscall:.2f} s of it in "
             "kexec_file_load"

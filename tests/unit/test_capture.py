@@ -130,6 +130,22 @@ def test_makedumpfile_command_and_compression_fallback() -> None:
     assert used == "none" and command[1] == "-d"
 
 
+def test_makedumpfile_gets_a_thread_per_crash_kernel_cpu() -> None:
+    every = {"lzo", "zlib", "none"}
+
+    def extra(cpus: int, args: tuple[str, ...] = ()) -> list[str]:
+        """The words after makedumpfile -l -d 31 --message-level 7, before the files."""
+        cfg = config.Config(compression="lzo", makedumpfile_args=args)
+        command, _ = capture.makedumpfile_command(cfg, Path("/p"), Path("/d"), every, cpus)
+        assert command[:6] == ["makedumpfile", "-l", "-d", "31", "--message-level", "7"]
+        return command[6:-2]
+
+    assert extra(1) == []
+    assert extra(4) == ["--num-threads", "4"]
+    assert extra(4, ("--num-threads=2",)) == ["--num-threads=2"]  # the admin's choice
+    assert extra(4, ("-E",)) == ["-E"]  # ELF output is written with one thread
+
+
 def test_metadata() -> None:
     meta = capture.metadata(
         started=100.0,

@@ -128,3 +128,13 @@ def test_the_limit_counts_bytes_not_characters() -> None:
     assert cmdline.build(DEBIAN, append=("label=é",), max_len=fits) == line
     with pytest.raises(cmdline.CmdlineTooLong, match=rf"is {size} bytes; the kernel accepts"):
         cmdline.build(DEBIAN, append=("label=é",), max_len=fits - 1)
+
+
+def test_a_big_machines_crash_kernel_gets_its_cpus() -> None:
+    params = cmdline.split(cmdline.build("root=/dev/vda nr_cpus=64", system=False, cpus=4))
+    assert "nr_cpus=4" in params and "nr_cpus=1" not in params and "nr_cpus=64" not in params
+    # the admin's nr_cpus= in cmdline_append wins
+    params = cmdline.split(
+        cmdline.build("root=/dev/vda", append=("nr_cpus=2",), system=False, cpus=4)
+    )
+    assert [p for p in params if p.startswith("nr_cpus")] == ["nr_cpus=2"]

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from kdumpd.reservation import (
+    MAX_CAPTURE_CPUS,
+    PER_CPU_BYTES,
     CaptureEstimate,
     CrashKernelParam,
     CrashKernelSyntaxError,
@@ -20,13 +22,16 @@ from kdumpd.reservation import (
     Reservation,
     Verdict,
     assess,
+    capture_cpus,
     capture_estimate,
+    count_cpus,
     crash_ranges,
     crashkernel_params,
     default_low_bytes,
     nice_size,
     parse_crashkernel_value,
     parse_iomem,
+    planned_cpus,
     read_reservation,
     recommended_bytes,
     requested_bytes,
@@ -540,6 +545,7 @@ def test_capture_estimate_current_calibration() -> None:
         kernel_runtime=8 * M,
         userspace=40 * M,
         bitmap=64 * K,
+        cpus=0,
         memmap=2231345,
         total=142806065,
         recommended=144 * M,
@@ -562,7 +568,7 @@ def test_the_estimate_on_the_stock_guest_for_both_capture_modes() -> None:
 
 def test_capture_estimate_parts_add_up() -> None:
     e = capture_estimate(64 * G, 12 * M, 40 * M)
-    base = e.kernel + e.initrd + e.kernel_runtime + e.userspace + e.bitmap
+    base = e.kernel + e.initrd + e.kernel_runtime + e.userspace + e.bitmap + e.cpus
     assert e.total == base + e.memmap
     # The memmap covers the reservation itself: 64 bytes per 4K page, R = base + R/64.
     assert e.total == -(-base * 64 // 63)
@@ -776,3 +782,43 @@ def test_suggestion_is_a_nice_size(recommended: int, minimum: int, suggestion: s
     verdict = assess(res, recommended, minimum)
     assert verdict.state in ("too-small", "below-recommended")
     assert verdict.suggestion == suggestion
+
+
+# --- the crash kernel's CPUs -------------------------------------------------------
+
+
+def test_count_cpus_reads_sysfs_cpu_lists() -> None:
+    assert count_cpus("0\n") == 1
+    assert count_cpus("0-3\n") == 4
+    assert count_cpus("0-3,8,10-11\n") == 7
+    assert count_cpus("") == 1  # no sysfs: as nr_cpus=1 would make it
+
+
+def test_big_machines_plan_more_capture_cpus() -> None:
+    firmware_keeps = 640 * K  # an 8 GiB guest's System RAM in /proc/iomem falls short
+    assert planned_cpus(1 * G, 16) == 1
+    assert planned_cpus(4 * G, 16) == 1
+    assert planned_cpus(8 * G - firmware_keeps, 16) == MAX_CAPTURE_CPUS == 4
+    assert planned_cpus(8 * G, 2) == 2
+    assert planned_cpus(64 * G, 1) == 1
+
+
+def test_each_cpu_after_the_first_is_counted() -> None:
+    one = capture_estimate(8 * G, 8 * M, 2 * M, 6 * M, "initramfs")
+    four = capture_estimate(8 * G, 8 * M, 2 * M, 6 * M, "initramfs", cpus=4)
+    assert (one.cpus, four.cpus) == (0, 3 * PER_CPU_BYTES)
+    assert four.total - one.total >= 3 * PER_CPU_BYTES
+    assert four.recommended > one.recommended
+
+
+def test_capture_cpus_are_those_the_reservation_holds() -> None:
+    def recommended(cpus: int) -> int:
+        return recommended_bytes(8 * G, 8 * M, 2 * M, 6 * M, "initramfs", cpus)
+
+    # 8 GiB: 96M for one CPU and for two, 112M for three and four
+    assert [recommended(n) // M for n in (1, 2, 3, 4)] == [96, 96, 112, 112]
+    assert capture_cpus(112 * M, 4, recommended) == 4  # booted with RecommendedBytes
+    assert capture_cpus(111 * M, 4, recommended) == 2
+    assert capture_cpus(96 * M, 4, recommended) == 2
+    assert capture_cpus(16 * M, 4, recommended) == 1  # too small even for one: still one
+    assert capture_cpus(1 * G, 1, recommended) == 1  # a small machine plans one

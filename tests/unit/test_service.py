@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from kdumpd import kernels
+from kdumpd import journal, kernels, reservation
+from kdumpd.config import Config
 from tests.bzimage import bzimage, xz
-from tests.fakes import GIB, INITRD, KERNEL, MIB, Machine, V
+from tests.fakes import GIB, INITRD, KERNEL, MIB, Machine, V, fake_plan
 
 NOT_64_BIT = bzimage(xz(), xloadflags=0)  # well formed, but bzImage64_probe refuses it
 
@@ -385,3 +386,45 @@ def test_serving_a_request_gives_freed_heap_back(tmp_path: Path) -> None:
     before, freed, served = map(int, probe.stdout.split())
     assert freed - before > 35_000  # 20 MB kept, 10 MB freed, 10 MB garbage: resident
     assert freed - served > 15_000
+
+
+def _machine_with_cpus(tmp_path: Path, ram: int, cpus: str, reserved: int) -> Machine:
+    """Armed with the (fake) capture initramfs: capture mode system has a 128M floor."""
+    m = Machine(tmp_path, ram=ram, reserved=reserved)
+    (m.root / "sys/devices/system/cpu").mkdir(parents=True)
+    (m.root / "sys/devices/system/cpu/online").write_text(f"{cpus}\n")
+    m.daemon.reload()
+    m.daemon.build_environment()
+    assert m.daemon.status.CaptureMode == "initramfs"
+    return m
+
+
+def _recommended(m: Machine, cpus: int) -> int:
+    ram = 8 * GIB - MIB  # make_sysroot's System RAM
+    image = Path(m.daemon.status.Initrd)
+    unpacked = len(fake_plan(Config(), V, m.root).archive)
+    return reservation.recommended_bytes(
+        ram, len(KERNEL), image.stat().st_size, unpacked, "initramfs", cpus
+    )
+
+
+def test_a_big_machine_captures_with_the_cpus_its_recommendation_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notices: list[str] = []
+    monkeypatch.setattr(journal, "send", lambda priority, message, *a, **k: notices.append(message))
+    big = _machine_with_cpus(tmp_path / "big", 8 * GIB, "0-15", 512 * MIB)
+    s = big.daemon.status
+    assert s.State == "loaded" and "nr_cpus=4" in s.CommandLine.split()
+    assert s.RecommendedBytes == _recommended(big, 4) > _recommended(big, 1)
+    assert "4 CPUs) into a 512M reservation" in notices[-1]
+    # a reservation that holds one CPU's need but not four's: fewer CPUs, no warning
+    tight = _machine_with_cpus(tmp_path / "tight", 8 * GIB, "0-15", _recommended(big, 1))
+    t = tight.daemon.status
+    assert t.State == "loaded" and t.LastError == "" and t.RecommendedBytes == s.RecommendedBytes
+    cpus = next(p for p in t.CommandLine.split() if p.startswith("nr_cpus="))
+    assert cpus in ("nr_cpus=1", "nr_cpus=2", "nr_cpus=3")
+    assert any(f"capture gets {cpus[8:]} of the 4 CPUs" in n for n in notices)
+    # a small machine: one CPU, whatever it has
+    small = _machine_with_cpus(tmp_path / "small", 1 * GIB, "0-15", 512 * MIB)
+    assert "nr_cpus=1" in small.daemon.status.CommandLine.split()
