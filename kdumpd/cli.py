@@ -200,21 +200,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         kernel_size = initrd_size = unpacked = 0
         mode = "system"
     res = reservation.read_reservation(sysroot)
-
-    def recommended_for(cpus: int) -> int:
-        return reservation.recommended_bytes(
-            res.ram_bytes, kernel_size, initrd_size, unpacked, mode, cpus
-        )
-
-    planned = reservation.planned_cpus(res.ram_bytes, res.online_cpus)
-    cpus = reservation.capture_cpus(res.reserved_bytes, planned, recommended_for)
-    verdict = reservation.assess(res, recommended_for(cpus), cfg.min_reservation)
+    size = reservation.sizing(res, kernel_size, initrd_size, unpacked, mode)
+    verdict = reservation.assess(res, size.needed, cfg.min_reservation)
     print(
         f"reservation: {human_size(res.reserved_bytes)}, capture needs about "
-        f"{human_size(recommended_for(planned))}" + (f" with {planned} CPUs" if planned > 1 else "")
+        f"{human_size(size.recommended)}"
+        + (f" with {size.planned} CPUs" if size.planned > 1 else "")
     )
-    if cpus < planned:
-        print(f"capture CPUs: {cpus} of {planned} (the reservation holds no more)")
+    if size.cpus < size.planned:
+        print(f"capture CPUs: {size.cpus} of {size.planned} (the reservation holds no more)")
     if verdict.state in ("none", "too-small"):
         problems.append(f"{verdict.message} Set {verdict.suggestion}.")
     elif verdict.state == "below-recommended":
@@ -229,7 +223,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             cfg.cmdline_append,
             platform.machine(),
             system=mode == "system",
-            cpus=cpus,
+            cpus=size.cpus,
         )
         print(f"capture command line: {line}")
     except (OSError, cmdline.CmdlineTooLong) as e:

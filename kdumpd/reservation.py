@@ -35,6 +35,7 @@ __all__ = [
     "CrashKernelSyntaxError",
     "IomemRange",
     "Reservation",
+    "Sizing",
     "Verdict",
     "assess",
     "capture_cpus",
@@ -51,6 +52,7 @@ __all__ = [
     "read_reservation",
     "recommended_bytes",
     "requested_bytes",
+    "sizing",
     "system_ram_bytes",
 ]
 
@@ -593,6 +595,27 @@ def capture_cpus(reserved_bytes: int, planned: int, recommended: Callable[[int],
     """The CPUs the crash kernel boots with: the most of the planned ones whose
     recommended reservation (recommended(cpus)) the one in effect holds; at least one."""
     return next((n for n in range(planned, 1, -1) if recommended(n) <= reserved_bytes), 1)
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What capture needs on this machine, and the CPUs the crash kernel gets."""
+
+    planned: int  # planned_cpus
+    cpus: int  # capture_cpus: those the reservation in effect holds
+    recommended: int  # RecommendedBytes: the need with the planned CPUs
+    needed: int  # the need with `cpus`; less than that is the verdict's warning
+
+
+def sizing(
+    res: Reservation, kernel_size: int, initrd_size: int, unpacked: int, mode: str
+) -> Sizing:
+    def need(cpus: int) -> int:
+        return recommended_bytes(res.ram_bytes, kernel_size, initrd_size, unpacked, mode, cpus)
+
+    planned = planned_cpus(res.ram_bytes, res.online_cpus)
+    cpus = capture_cpus(res.reserved_bytes, planned, need)
+    return Sizing(planned, cpus, need(planned), need(cpus))
 
 
 # --- Verdict ------------------------------------------------------------------

@@ -422,17 +422,10 @@ class Daemon:
         res = reservation.read_reservation(self.sysroot)
         kernel_size, _ = files.sizes()
         initrd_size = arming.initrd.stat().st_size if arming.initrd else 0
-
-        def recommended_for(cpus: int) -> int:
-            return reservation.recommended_bytes(
-                res.ram_bytes, kernel_size, initrd_size, arming.unpacked, arming.mode, cpus
-            )
-
-        planned = reservation.planned_cpus(res.ram_bytes, res.online_cpus)
-        cpus = reservation.capture_cpus(res.reserved_bytes, planned, recommended_for)
-        self._set(ReservedBytes=res.reserved_bytes, RecommendedBytes=recommended_for(planned))
-        # Fewer CPUs than planned is slower, not a risk: only the one-CPU need is a warning.
-        verdict = reservation.assess(res, recommended_for(cpus), cfg.min_reservation)
+        size = reservation.sizing(res, kernel_size, initrd_size, arming.unpacked, arming.mode)
+        self._set(ReservedBytes=res.reserved_bytes, RecommendedBytes=size.recommended)
+        # Fewer CPUs than planned is slower, not a risk: not a warning.
+        verdict = reservation.assess(res, size.needed, cfg.min_reservation)
         warning = ""
         if verdict.state in ("none", "too-small"):
             journal.send(journal.ERR, verdict.message, journal.MSG_RESERVATION)
@@ -449,13 +442,13 @@ class Daemon:
         if skewed := skew.warning(skew.installed_version(self.sysroot), platform.release()):
             journal.send(journal.WARNING, f"warning: {skewed}", kernel_version=platform.release())
             warning = " ".join(filter(None, (warning, f"warning: {skewed}")))
-        if cpus < planned:
+        if size.cpus < size.planned:
             journal.send(
                 journal.NOTICE,
-                f"capture gets {cpus} of the {planned} CPUs planned for it: crashkernel="
-                f"{format_size(recommended_for(planned))} would give it all",
+                f"capture gets {size.cpus} of the {size.planned} CPUs planned for it: "
+                f"crashkernel={format_size(size.recommended)} would give it all",
             )
-        new = self._prepare(files, arming, cfg, cpus)
+        new = self._prepare(files, arming, cfg, size.cpus)
         self._load(new, warning, note, arming.why)
 
     def _arming(self, cfg: config.Config, files: kernels.KernelFiles) -> Arming:

@@ -35,6 +35,7 @@ from kdumpd.reservation import (
     read_reservation,
     recommended_bytes,
     requested_bytes,
+    sizing,
     system_ram_bytes,
 )
 
@@ -822,3 +823,13 @@ def test_capture_cpus_are_those_the_reservation_holds() -> None:
     assert capture_cpus(96 * M, 4, recommended) == 2
     assert capture_cpus(16 * M, 4, recommended) == 1  # too small even for one: still one
     assert capture_cpus(1 * G, 1, recommended) == 1  # a small machine plans one
+
+
+def test_sizing_recommends_the_planned_cpus_and_warns_only_below_one() -> None:
+    def machine(reserved: int) -> Reservation:
+        return Reservation("", {}, "", reserved, [], 8 * G, online_cpus=8)
+
+    full = sizing(machine(112 * M), 8 * M, 2 * M, 6 * M, "initramfs")
+    assert (full.planned, full.cpus, full.recommended, full.needed) == (4, 4, 112 * M, 112 * M)
+    tight = sizing(machine(100 * M), 8 * M, 2 * M, 6 * M, "initramfs")
+    assert (tight.planned, tight.cpus, tight.recommended, tight.needed) == (4, 2, 112 * M, 96 * M)
