@@ -289,12 +289,15 @@ class Capture:
     def _dump(self, folder: Path) -> tuple[int, str]:
         incomplete = folder / dumps.INCOMPLETE
         version = subprocess.run(["makedumpfile", "-v"], capture_output=True, text=True).stdout
+        cpus = len(os.sched_getaffinity(0))  # the crash kernel's nr_cpus=
+        if cpus > 1:  # an admin's nr_cpus= in cmdline_append, or the daemon's on a big machine
+            from kdumpd import skew  # only here: it imports the planner, memory is short
+
+            if not skew.threads_safe(found := skew.parse_version(version.encode())):
+                self._say(f"makedumpfile runs with one thread: {skew.threads_refusal(found)}")
+                cpus = 1
         command, compression = makedumpfile_command(
-            self.cfg,
-            self.source,
-            incomplete,
-            supported_compressions(version),
-            len(os.sched_getaffinity(0)),  # the crash kernel's nr_cpus=
+            self.cfg, self.source, incomplete, supported_compressions(version), cpus
         )
         if compression != self.cfg.compression:
             self._say(

@@ -200,7 +200,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         kernel_size = initrd_size = unpacked = 0
         mode = "system"
     res = reservation.read_reservation(sysroot)
-    size = reservation.sizing(res, kernel_size, initrd_size, unpacked, mode)
+    makedumpfile = skew.installed_version(sysroot)
+    threads = skew.threads_safe(makedumpfile)
+    size = reservation.sizing(res, kernel_size, initrd_size, unpacked, mode, threads)
     verdict = reservation.assess(res, size.needed, cfg.min_reservation)
     print(
         f"reservation: {human_size(res.reserved_bytes)}, capture needs about "
@@ -213,7 +215,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         problems.append(f"{verdict.message} Set {verdict.suggestion}.")
     elif verdict.state == "below-recommended":
         warnings.append(f"{verdict.message} Set {verdict.suggestion}.")
-    if skewed := skew.warning(skew.installed_version(sysroot), platform.release()):
+    if size.planned < size.wanted:
+        print(f"capture CPUs: 1 ({skew.threads_refusal(makedumpfile)})")
+    if skewed := skew.warning(makedumpfile, platform.release()):
         warnings.append(skewed)
     try:
         running = (sysroot / "proc/cmdline").read_text().strip()

@@ -601,21 +601,26 @@ def capture_cpus(reserved_bytes: int, planned: int, recommended: Callable[[int],
 class Sizing:
     """What capture needs on this machine, and the CPUs the crash kernel gets."""
 
-    planned: int  # planned_cpus
+    wanted: int  # planned_cpus
+    planned: int  # wanted, or 1 where makedumpfile cannot use threads safely
     cpus: int  # capture_cpus: those the reservation in effect holds
     recommended: int  # RecommendedBytes: the need with the planned CPUs
     needed: int  # the need with `cpus`; less than that is the verdict's warning
 
 
 def sizing(
-    res: Reservation, kernel_size: int, initrd_size: int, unpacked: int, mode: str
+    res: Reservation, kernel_size: int, initrd_size: int, unpacked: int, mode: str, threads: bool
 ) -> Sizing:
+    """threads: makedumpfile may use threads (skew.threads_safe); without them more CPUs
+    would only cost memory."""
+
     def need(cpus: int) -> int:
         return recommended_bytes(res.ram_bytes, kernel_size, initrd_size, unpacked, mode, cpus)
 
-    planned = planned_cpus(res.ram_bytes, res.online_cpus)
+    wanted = planned_cpus(res.ram_bytes, res.online_cpus)
+    planned = wanted if threads else 1
     cpus = capture_cpus(res.reserved_bytes, planned, need)
-    return Sizing(planned, cpus, need(planned), need(cpus))
+    return Sizing(wanted, planned, cpus, need(planned), need(cpus))
 
 
 # --- Verdict ------------------------------------------------------------------

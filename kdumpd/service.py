@@ -422,7 +422,11 @@ class Daemon:
         res = reservation.read_reservation(self.sysroot)
         kernel_size, _ = files.sizes()
         initrd_size = arming.initrd.stat().st_size if arming.initrd else 0
-        size = reservation.sizing(res, kernel_size, initrd_size, arming.unpacked, arming.mode)
+        makedumpfile = skew.installed_version(self.sysroot)
+        threads = skew.threads_safe(makedumpfile)
+        size = reservation.sizing(
+            res, kernel_size, initrd_size, arming.unpacked, arming.mode, threads
+        )
         self._set(ReservedBytes=res.reserved_bytes, RecommendedBytes=size.recommended)
         # Fewer CPUs than planned is slower, not a risk: not a warning.
         verdict = reservation.assess(res, size.needed, cfg.min_reservation)
@@ -439,9 +443,14 @@ class Daemon:
             warning = f"warning: {verdict.message} Set {verdict.suggestion}."
             journal.send(journal.WARNING, warning, journal.MSG_RESERVATION)
         # The kernel makedumpfile will read at crash time is the running one.
-        if skewed := skew.warning(skew.installed_version(self.sysroot), platform.release()):
+        if skewed := skew.warning(makedumpfile, platform.release()):
             journal.send(journal.WARNING, f"warning: {skewed}", kernel_version=platform.release())
             warning = " ".join(filter(None, (warning, f"warning: {skewed}")))
+        if size.planned < size.wanted:
+            journal.send(
+                journal.NOTICE,
+                f"capture keeps one CPU: {skew.threads_refusal(makedumpfile)}",
+            )
         if size.cpus < size.planned:
             journal.send(
                 journal.NOTICE,

@@ -11,6 +11,8 @@ The binary holds LATEST_VERSION only as an immediate operand in machine code, so
 cannot be read back reliably; the binary's version string can, and LATEST_VERSION comes
 from the table below. Everything here is pure except installed_version(), which reads
 the binary under a sysroot.
+
+The same version says whether makedumpfile may use threads (threads_safe).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ __all__ = [
     "installed_version",
     "kernel_version",
     "parse_version",
+    "threads_refusal",
+    "threads_safe",
     "warning",
 ]
 
@@ -56,6 +60,28 @@ LATEST_VERSION: dict[Version, Version] = {
     (1, 7, 8): (6, 17, 4),
     (1, 7, 9): (7, 0, 0),
 }
+
+# Before 1.7.8, --num-threads corrupts dumps: the worker threads and the main thread share
+# page_flag_buf->ready without a lock or an atomic (makedumpfile commit 65bf4c9, "Fix a
+# data race in multi-threading mode", issue makedumpfile#15: "uncompress failed" in
+# crash). The main thread also spins on those flags: in a 4-vCPU TCG guest, 1.7.2 with
+# --num-threads 4 took 4x as long as one thread (bench/big_machine.py).
+THREADS_SAFE: Version = (1, 7, 8)
+
+
+def threads_safe(version: Version | None) -> bool:
+    """Whether this makedumpfile may run with --num-threads."""
+    return version is not None and version >= THREADS_SAFE
+
+
+def threads_refusal(version: Version | None) -> str:
+    """Why makedumpfile runs with one thread, in words (threads_safe is False)."""
+    found = f"makedumpfile {_dotted(version)}" if version else "no makedumpfile version found"
+    return (
+        f"{found}; before {_dotted(THREADS_SAFE)} makedumpfile corrupts dumps written with "
+        "--num-threads (a data race, makedumpfile issue 15)"
+    )
+
 
 # print_info.c:show_version(), one string literal in the binary and the first line of
 # `makedumpfile -v`: "makedumpfile: version 1.7.2 (released on 20 Oct 2022)".

@@ -829,7 +829,11 @@ def test_sizing_recommends_the_planned_cpus_and_warns_only_below_one() -> None:
     def machine(reserved: int) -> Reservation:
         return Reservation("", {}, "", reserved, [], 8 * G, online_cpus=8)
 
-    full = sizing(machine(112 * M), 8 * M, 2 * M, 6 * M, "initramfs")
-    assert (full.planned, full.cpus, full.recommended, full.needed) == (4, 4, 112 * M, 112 * M)
-    tight = sizing(machine(100 * M), 8 * M, 2 * M, 6 * M, "initramfs")
-    assert (tight.planned, tight.cpus, tight.recommended, tight.needed) == (4, 2, 112 * M, 96 * M)
+    def cpus_and_need(reserved: int, threads: bool = True) -> tuple[int, int, int, int, int]:
+        s = sizing(machine(reserved), 8 * M, 2 * M, 6 * M, "initramfs", threads)
+        return s.wanted, s.planned, s.cpus, s.recommended // M, s.needed // M
+
+    assert cpus_and_need(112 * M) == (4, 4, 4, 112, 112)
+    assert cpus_and_need(100 * M) == (4, 4, 2, 112, 96)
+    # a makedumpfile that cannot use threads safely: one CPU, and memory for one
+    assert cpus_and_need(112 * M, threads=False) == (4, 1, 1, 96, 96)

@@ -388,9 +388,18 @@ def test_serving_a_request_gives_freed_heap_back(tmp_path: Path) -> None:
     assert freed - served > 15_000
 
 
-def _machine_with_cpus(tmp_path: Path, ram: int, cpus: str, reserved: int) -> Machine:
+def _makedumpfile(m: Machine, version: str) -> None:
+    binary = m.root / "usr/bin/makedumpfile"
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    binary.write_bytes(b"\x7fELF...makedumpfile: version " + version.encode() + b" (released on")
+
+
+def _machine_with_cpus(
+    tmp_path: Path, ram: int, cpus: str, reserved: int, makedumpfile: str = "1.7.8"
+) -> Machine:
     """Armed with the (fake) capture initramfs: capture mode system has a 128M floor."""
     m = Machine(tmp_path, ram=ram, reserved=reserved)
+    _makedumpfile(m, makedumpfile)
     (m.root / "sys/devices/system/cpu").mkdir(parents=True)
     (m.root / "sys/devices/system/cpu/online").write_text(f"{cpus}\n")
     m.daemon.reload()
@@ -428,3 +437,9 @@ def test_a_big_machine_captures_with_the_cpus_its_recommendation_counts(
     # a small machine: one CPU, whatever it has
     small = _machine_with_cpus(tmp_path / "small", 1 * GIB, "0-15", 512 * MIB)
     assert "nr_cpus=1" in small.daemon.status.CommandLine.split()
+    # a makedumpfile whose threads corrupt dumps (Debian 12's): one CPU, memory for one
+    notices.clear()
+    old = _machine_with_cpus(tmp_path / "old", 8 * GIB, "0-15", 512 * MIB, makedumpfile="1.7.2")
+    o = old.daemon.status
+    assert "nr_cpus=1" in o.CommandLine.split() and o.RecommendedBytes == _recommended(old, 1)
+    assert any("capture keeps one CPU: makedumpfile 1.7.2; before 1.7.8" in n for n in notices)

@@ -91,3 +91,12 @@ def test_the_installed_binary_is_found_as_capture_finds_it(tmp_path: Path) -> No
     (tmp_path / "usr/sbin").mkdir()
     (tmp_path / "usr/sbin/makedumpfile").write_bytes(binary(DEVEL))
     assert skew.installed_version(tmp_path) == (1, 7, 9)  # /usr/sbin comes first on PATH
+
+
+def test_threads_only_from_the_release_that_fixed_their_data_race() -> None:
+    assert not skew.threads_safe(None)
+    assert not skew.threads_safe((1, 7, 2))  # Debian 12
+    assert not skew.threads_safe((1, 7, 7))
+    assert skew.threads_safe((1, 7, 8)) and skew.threads_safe((1, 8, 0))
+    assert skew.threads_refusal((1, 7, 2)).startswith("makedumpfile 1.7.2; before 1.7.8 ")
+    assert skew.threads_refusal(None).startswith("no makedumpfile version found; ")
