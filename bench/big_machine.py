@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
             g.run("kdumpd reload")
             state = wait_armed(g)
             fill(g)
-            timings = crash_and_come_back(g, "capture complete")
+            timings = crash_and_come_back(g, "capture (?:complete|failed)")
             folder = g.run("ls -d /var/crash/*/ | tail -1").stdout.strip()
             meta = json.loads(g.read_file(f"{folder}metadata.json"))
             log = g.read_file(f"{folder}capture.log").decode(errors="replace")
@@ -85,11 +85,12 @@ def main(argv: list[str]) -> int:
             g.run("rm -rf /var/crash/*")
         g.shutdown()
     print(f"\n8 GiB, {cpus} vCPUs, {FILL_MIB} MiB of random user pages, dump level 1, TCG")
-    print(f"{'':20}{'nr_cpus':>10}{'capture (s)':>13}{'panic -> saved (s)':>20}{'MiB':>8}")
+    print(f"{'':22}{'nr_cpus':>8}{'capture (s)':>13}{'panic -> end (s)':>18}{'MiB':>7}  outcome")
     for name, cpus, meta, timings, _ in rows:
         print(
-            f"{name:20}{cpus[8:]:>10}{meta['duration_s']:13.1f}"
-            f"{timings['panic_to_dump_saved_s']:20.1f}{meta['size_bytes'] / 2**20:8.0f}"
+            f"{name:22}{cpus[8:]:>8}{meta['duration_s']:13.1f}"
+            f"{timings['panic_to_dump_saved_s']:18.1f}{meta['size_bytes'] / 2**20:7.0f}  "
+            f"{meta.get('error') or 'saved'}"
         )
     for name, _, _, _, command in rows:
         print(f"{name}: {command.strip()}")
