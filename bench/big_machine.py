@@ -79,16 +79,16 @@ def main(argv: list[str]) -> int:
             folder = g.run("ls -d /var/crash/*/ | tail -1").stdout.strip()
             meta = json.loads(g.read_file(f"{folder}metadata.json"))
             log = g.read_file(f"{folder}capture.log").decode(errors="replace")
-            command = next(line for line in log.splitlines() if "makedumpfile -" in line)
-            cpus = next(p for p in state["CommandLine"].split() if p.startswith("nr_cpus="))
-            rows.append((name, cpus, meta, timings, command))
+            lines = [line for line in log.splitlines() if "makedumpfile -" in line]
+            nr_cpus = next(p for p in state["CommandLine"].split() if p.startswith("nr_cpus="))
+            rows.append((name, nr_cpus[8:], meta, timings, lines[0] if lines else "(none)"))
             g.run("rm -rf /var/crash/*")
         g.shutdown()
     print(f"\n8 GiB, {cpus} vCPUs, {FILL_MIB} MiB of random user pages, dump level 1, TCG")
     print(f"{'':22}{'nr_cpus':>8}{'capture (s)':>13}{'panic -> end (s)':>18}{'MiB':>7}  outcome")
-    for name, cpus, meta, timings, _ in rows:
+    for name, nr_cpus, meta, timings, _ in rows:
         print(
-            f"{name:22}{cpus[8:]:>8}{meta['duration_s']:13.1f}"
+            f"{name:22}{nr_cpus:>8}{meta['duration_s']:13.1f}"
             f"{timings['panic_to_dump_saved_s']:18.1f}{meta['size_bytes'] / 2**20:7.0f}  "
             f"{meta.get('error') or 'saved'}"
         )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdumpd import config, crashtest, dumps, journal, safefile, vmcore
+from kdumpd import config, crashtest, dumps, journal, reservation, safefile, skew, vmcore
 from kdumpd.sizes import human_size
 
 VMCORE = Path("/proc/vmcore")
@@ -121,7 +121,7 @@ def makedumpfile_command(
     compression = cfg.compression
     args = cfg.makedumpfile_args
     threaded = cpus > 1 and not any(
-        a == "-E" or a.startswith("--num-threads") or a.startswith("--elf") for a in args
+        a.startswith("--num-threads") or (a[:1] == "-" and a[1:2] != "-" and "E" in a) for a in args
     )
     if compression not in supported:
         compression = next((c for c in ("lzo", "zlib") if c in supported), "none")
@@ -286,18 +286,25 @@ class Capture:
         self._say(f"panic: {panic or 'unknown'}")
         return panic
 
+    def _threads(self, version_output: str) -> int:
+        """makedumpfile's threads: one per CPU of the crash kernel (its nr_cpus=, the
+        daemon's on a big machine or an admin's), at most MAX_CAPTURE_CPUS (RecommendedBytes
+        counts no more), and only with a makedumpfile whose threads are safe."""
+        cpus = min(len(os.sched_getaffinity(0)), reservation.MAX_CAPTURE_CPUS)
+        if cpus > 1 and not skew.threads_safe(found := skew.parse_version(version_output.encode())):
+            self._say(f"no makedumpfile threads of kdumpd's: {skew.threads_refusal(found)}")
+            return 1
+        return cpus
+
     def _dump(self, folder: Path) -> tuple[int, str]:
         incomplete = folder / dumps.INCOMPLETE
         version = subprocess.run(["makedumpfile", "-v"], capture_output=True, text=True).stdout
-        cpus = len(os.sched_getaffinity(0))  # the crash kernel's nr_cpus=
-        if cpus > 1:  # an admin's nr_cpus= in cmdline_append, or the daemon's on a big machine
-            from kdumpd import skew  # only here: it imports the planner, memory is short
-
-            if not skew.threads_safe(found := skew.parse_version(version.encode())):
-                self._say(f"makedumpfile runs with one thread: {skew.threads_refusal(found)}")
-                cpus = 1
         command, compression = makedumpfile_command(
-            self.cfg, self.source, incomplete, supported_compressions(version), cpus
+            self.cfg,
+            self.source,
+            incomplete,
+            supported_compressions(version),
+            self._threads(version),
         )
         if compression != self.cfg.compression:
             self._say(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -201,22 +202,24 @@ def cmd_check(args: argparse.Namespace) -> int:
         mode = "system"
     res = reservation.read_reservation(sysroot)
     makedumpfile = skew.installed_version(sysroot)
-    threads = skew.threads_safe(makedumpfile)
-    size = reservation.sizing(res, kernel_size, initrd_size, unpacked, mode, threads)
+    from kdumpd.service import capture_sizing
+
+    size = capture_sizing(cfg, res, kernel_size, initrd_size, unpacked, mode, platform.machine())
     verdict = reservation.assess(res, size.needed, cfg.min_reservation)
     print(
         f"reservation: {human_size(res.reserved_bytes)}, capture needs about "
-        f"{human_size(size.recommended)}"
-        + (f" with {size.planned} CPUs" if size.planned > 1 else "")
+        f"{human_size(size.recommended)}" + (f" with {size.usable} CPUs" if size.usable > 1 else "")
     )
-    if size.cpus < size.planned:
-        print(f"capture CPUs: {size.cpus} of {size.planned} (the reservation holds no more)")
+    if size.why_one:
+        print(f"capture CPUs: 1 ({size.why_one})")
+    elif size.cpus < size.usable:
+        print(f"capture CPUs: {size.cpus} of {size.usable} (the reservation holds no more)")
+    if size.cpus > 1 and (unthreaded := skew.threads_refusal(makedumpfile)):
+        print(f"makedumpfile threads: none ({unthreaded})")
     if verdict.state in ("none", "too-small"):
         problems.append(f"{verdict.message} Set {verdict.suggestion}.")
     elif verdict.state == "below-recommended":
         warnings.append(f"{verdict.message} Set {verdict.suggestion}.")
-    if size.planned < size.wanted:
-        print(f"capture CPUs: 1 ({skew.threads_refusal(makedumpfile)})")
     if skewed := skew.warning(makedumpfile, platform.release()):
         warnings.append(skewed)
     try:
@@ -228,6 +231,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             platform.machine(),
             system=mode == "system",
             cpus=size.cpus,
+            boot_apicid=res.boot_apicid,
         )
         print(f"capture command line: {line}")
     except (OSError, cmdline.CmdlineTooLong) as e:
@@ -255,8 +259,11 @@ def _recommended(ram: int) -> int:
     except (kernels.KernelNotFound, OSError):
         kernel_size = initrd_size = unpacked = 0
         mode = "system"
-    cpus = reservation.planned_cpus(ram, reservation.read_reservation().online_cpus)
-    return reservation.recommended_bytes(ram, kernel_size, initrd_size, unpacked, mode, cpus)
+    res = dataclasses.replace(reservation.read_reservation(), ram_bytes=ram)
+    from kdumpd.service import capture_sizing
+
+    size = capture_sizing(cfg, res, kernel_size, initrd_size, unpacked, mode, platform.machine())
+    return size.recommended
 
 
 def _parse_value(value: str) -> reservation.CrashKernelParam:

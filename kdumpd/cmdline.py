@@ -100,6 +100,12 @@ def _key(param: str) -> str:
     return param if name(param) in REPEATABLE else name(param)
 
 
+def appended_cpus(append: tuple[str, ...]) -> int | None:
+    """The nr_cpus= an admin put in cmdline_append (it replaces kdumpd's), if any."""
+    values = [p.partition("=")[2] for p in append if name(p) == "nr_cpus"]
+    return int(values[-1]) if values and values[-1].isdigit() and int(values[-1]) > 0 else None
+
+
 def _matches(param: str, pattern: str) -> bool:
     """'quiet' removes quiet and quiet=...; 'console=tty0' removes only that exact one."""
     return param == pattern if "=" in pattern else name(param) == pattern
@@ -113,11 +119,12 @@ def build(
     max_len: int = 2047,
     system: bool = True,
     cpus: int = 1,
+    boot_apicid: int | None = None,
 ) -> str:
     """The capture command line. Parameters in `append` replace same-named defaults;
     `remove` applies to the running command line and to the defaults. `system`: the crash
     kernel boots the machine's systemd (else kdumpd's own initramfs). cpus: its nr_cpus=
-    (reservation.capture_cpus)."""
+    (reservation.sizing), with disable_cpu_apicid=boot_apicid on x86 when more than one."""
     params = split(running)
     if "--" in params:  # what follows belongs to init, not to the kernel
         params = params[: params.index("--")]
@@ -125,6 +132,11 @@ def build(
         *(f"nr_cpus={cpus}" if p == "nr_cpus=1" else p for p in APPEND),
         *(APPEND_SYSTEM if system else ()),
         *(APPEND_X86 if machine == "x86_64" else ()),
+        *(
+            [f"disable_cpu_apicid={boot_apicid}"]
+            if cpus > 1 and machine == "x86_64" and boot_apicid is not None
+            else []
+        ),
     ]
     user_keys = {_key(p) for p in append}
     added = [

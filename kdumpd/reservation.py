@@ -38,6 +38,7 @@ __all__ = [
     "Sizing",
     "Verdict",
     "assess",
+    "boot_cpu_apicid",
     "capture_cpus",
     "capture_estimate",
     "count_cpus",
@@ -389,6 +390,7 @@ class Reservation:
     iomem: list[IomemRange]  # Crash kernel ranges (empty when /proc/iomem hides addresses)
     ram_bytes: int  # RAM the crashkernel= ranges are evaluated against
     online_cpus: int = 1  # /sys/devices/system/cpu/online
+    boot_apicid: int | None = None  # x86: processor 0's initial APIC ID (/proc/cpuinfo)
 
 
 def _read(path: Path) -> str:
@@ -451,7 +453,19 @@ def read_reservation(sysroot: Path = Path("/")) -> Reservation:
         iomem=crash_ranges(iomem_text),
         ram_bytes=ram,
         online_cpus=count_cpus(_read(sysroot / "sys/devices/system/cpu/online")),
+        boot_apicid=boot_cpu_apicid(_read(sysroot / "proc/cpuinfo")),
     )
+
+
+def boot_cpu_apicid(cpuinfo: str) -> int | None:
+    """Processor 0's "initial apicid" in /proc/cpuinfo (x86); None when it has none."""
+    for block in cpuinfo.split("\n\n"):
+        pairs = (line.partition(":") for line in block.splitlines())
+        fields = {key.strip(): value.strip() for key, _, value in pairs}
+        if fields.get("processor") == "0":
+            value = fields.get("initial apicid", "")
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def count_cpus(cpulist: str) -> int:
@@ -523,7 +537,7 @@ class CaptureEstimate:
     kernel_runtime: int
     userspace: int
     bitmap: int
-    cpus: int  # the CPUs after the first (planned_cpus)
+    cpu_bytes: int  # for the crash kernel's CPUs after the first
     memmap: int  # struct pages for the crash kernel's own memory
     total: int  # sum of the above, unrounded
     recommended: int  # total rounded up to RECOMMENDED_ALIGN (system: RECOMMENDED_FLOOR at least)
@@ -564,7 +578,7 @@ def capture_estimate(
         kernel_runtime=KERNEL_RUNTIME_BYTES,
         userspace=userspace,
         bitmap=bitmap,
-        cpus=extra_cpus,
+        cpu_bytes=extra_cpus,
         memmap=total - base,
         total=total,
         recommended=max(nice_size(total), floor),
@@ -585,7 +599,7 @@ def recommended_bytes(
 
 
 def planned_cpus(ram_bytes: int, online_cpus: int) -> int:
-    """The CPUs the crash kernel is meant to have, which RecommendedBytes counts."""
+    """The CPUs the crash kernel is meant to have where nothing stands against it (sizing)."""
     if _round_up(ram_bytes, RAM_ROUNDING) < BIG_MACHINE_RAM:
         return 1
     return max(1, min(online_cpus, MAX_CAPTURE_CPUS))
@@ -601,26 +615,46 @@ def capture_cpus(reserved_bytes: int, planned: int, recommended: Callable[[int],
 class Sizing:
     """What capture needs on this machine, and the CPUs the crash kernel gets."""
 
-    wanted: int  # planned_cpus
-    planned: int  # wanted, or 1 where makedumpfile cannot use threads safely
-    cpus: int  # capture_cpus: those the reservation in effect holds
-    recommended: int  # RecommendedBytes: the need with the planned CPUs
+    planned: int  # planned_cpus, or the admin's nr_cpus=
+    usable: int  # planned, or 1 where more would not be safe (why_one says why)
+    cpus: int  # capture_cpus: the usable ones the reservation in effect holds
+    recommended: int  # RecommendedBytes: the need with the usable CPUs
     needed: int  # the need with `cpus`; less than that is the verdict's warning
+    why_one: str  # why one CPU of several planned; "" otherwise
 
 
 def sizing(
-    res: Reservation, kernel_size: int, initrd_size: int, unpacked: int, mode: str, threads: bool
+    res: Reservation,
+    kernel_size: int,
+    initrd_size: int,
+    unpacked: int,
+    mode: str,
+    admin_cpus: int | None = None,
+    machine: str = "x86_64",
 ) -> Sizing:
-    """threads: makedumpfile may use threads (skew.threads_safe); without them more CPUs
-    would only cost memory."""
+    """admin_cpus: an nr_cpus= in cmdline_append, which decides (and is counted). More CPUs
+    pay off even where makedumpfile may not use threads (skew.threads_safe; the crash
+    kernel decides that, capture.Capture._threads): the kernel's reads of /proc/vmcore and
+    writeback run beside it (bench/big_machine.py: 33 s with four unthreaded against 49 s
+    with one)."""
 
     def need(cpus: int) -> int:
         return recommended_bytes(res.ram_bytes, kernel_size, initrd_size, unpacked, mode, cpus)
 
-    wanted = planned_cpus(res.ram_bytes, res.online_cpus)
-    planned = wanted if threads else 1
-    cpus = capture_cpus(res.reserved_bytes, planned, need)
-    return Sizing(wanted, planned, cpus, need(planned), need(cpus))
+    if admin_cpus:
+        return Sizing(admin_cpus, admin_cpus, admin_cpus, need(admin_cpus), need(admin_cpus), "")
+    planned = planned_cpus(res.ram_bytes, res.online_cpus)
+    # A CPU other than the boot CPU that starts the crash kernel must not send INIT to the
+    # boot CPU, which can reset the machine: disable_cpu_apicid= names it (cmdline.build;
+    # kdump-utils' prepare_cmdline and SUSE's load.sh do the same).
+    apic = "" if machine != "x86_64" or res.boot_apicid is not None else (
+        "the boot CPU's initial APIC ID is not in /proc/cpuinfo, and a crash kernel with "
+        "more CPUs needs it (disable_cpu_apicid=)"
+    )  # fmt: skip
+    why_one = apic if planned > 1 else ""
+    usable = 1 if why_one else planned
+    cpus = capture_cpus(res.reserved_bytes, usable, need)
+    return Sizing(planned, usable, cpus, need(usable), need(cpus), why_one)
 
 
 # --- Verdict ------------------------------------------------------------------

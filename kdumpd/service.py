@@ -98,7 +98,7 @@ class Loaded:
     initrd: Image | None
     cmdline: str
     mode: str
-    cpus: int  # the crash kernel's (nr_cpus=), and makedumpfile's threads
+    cpus: int  # the crash kernel's (nr_cpus=)
 
     def close(self) -> None:
         self.kernel.close()
@@ -423,9 +423,8 @@ class Daemon:
         kernel_size, _ = files.sizes()
         initrd_size = arming.initrd.stat().st_size if arming.initrd else 0
         makedumpfile = skew.installed_version(self.sysroot)
-        threads = skew.threads_safe(makedumpfile)
-        size = reservation.sizing(
-            res, kernel_size, initrd_size, arming.unpacked, arming.mode, threads
+        size = capture_sizing(
+            cfg, res, kernel_size, initrd_size, arming.unpacked, arming.mode, self.kexec.machine
         )
         self._set(ReservedBytes=res.reserved_bytes, RecommendedBytes=size.recommended)
         # Fewer CPUs than planned is slower, not a risk: not a warning.
@@ -446,18 +445,20 @@ class Daemon:
         if skewed := skew.warning(makedumpfile, platform.release()):
             journal.send(journal.WARNING, f"warning: {skewed}", kernel_version=platform.release())
             warning = " ".join(filter(None, (warning, f"warning: {skewed}")))
-        if size.planned < size.wanted:
+        if size.why_one:
+            journal.send(journal.NOTICE, f"capture keeps one CPU: {size.why_one}")
+        if size.cpus > 1 and (unthreaded := skew.threads_refusal(makedumpfile)):
             journal.send(
                 journal.NOTICE,
-                f"capture keeps one CPU: {skew.threads_refusal(makedumpfile)}",
+                f"capture gets {size.cpus} CPUs, makedumpfile no threads: {unthreaded}",
             )
-        if size.cpus < size.planned:
+        if size.cpus < size.usable:
             journal.send(
                 journal.NOTICE,
-                f"capture gets {size.cpus} of the {size.planned} CPUs planned for it: "
+                f"capture gets {size.cpus} of the {size.usable} CPUs planned for it: "
                 f"crashkernel={format_size(size.recommended)} would give it all",
             )
-        new = self._prepare(files, arming, cfg, size.cpus)
+        new = self._prepare(files, arming, cfg, size.cpus, res.boot_apicid)
         self._load(new, warning, note, arming.why)
 
     def _arming(self, cfg: config.Config, files: kernels.KernelFiles) -> Arming:
@@ -521,7 +522,12 @@ class Daemon:
         self.reload(force=True, why="the capture initramfs is built")
 
     def _prepare(
-        self, files: kernels.KernelFiles, arming: Arming, cfg: config.Config, cpus: int
+        self,
+        files: kernels.KernelFiles,
+        arming: Arming,
+        cfg: config.Config,
+        cpus: int,
+        boot_apicid: int | None,
     ) -> Loaded:
         try:
             kernel = snapshot(files.image)
@@ -543,6 +549,7 @@ class Daemon:
                 limit,
                 system=arming.mode == "system",
                 cpus=cpus,
+                boot_apicid=boot_apicid,
             )
         except (OSError, ValueError) as e:
             kernel.close()
@@ -703,6 +710,20 @@ def _tune_malloc() -> None:
     libc.mallopt(M_ARENA_MAX, 1)
     libc.mallopt(M_MMAP_THRESHOLD, 256 << 10)
     libc.mallopt(M_TRIM_THRESHOLD, 1 << 20)
+
+
+def capture_sizing(
+    cfg: config.Config,
+    res: reservation.Reservation,
+    kernel_size: int,
+    initrd_size: int,
+    unpacked: int,
+    mode: str,
+    machine: str,
+) -> reservation.Sizing:
+    """What capture needs and the CPUs it gets, for the daemon and `kdumpd check`."""
+    admin_cpus = cmdline.appended_cpus(cfg.cmdline_append)
+    return reservation.sizing(res, kernel_size, initrd_size, unpacked, mode, admin_cpus, machine)
 
 
 def give_back_memory() -> None:

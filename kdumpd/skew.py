@@ -20,8 +20,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from kdumpd.environment import Unreachable, which
-
 __all__ = [
     "LATEST_VERSION",
     "installed_path",
@@ -75,7 +73,9 @@ def threads_safe(version: Version | None) -> bool:
 
 
 def threads_refusal(version: Version | None) -> str:
-    """Why makedumpfile runs with one thread, in words (threads_safe is False)."""
+    """Why this makedumpfile may not use threads, in words; "" when it may."""
+    if threads_safe(version):
+        return ""
     found = f"makedumpfile {_dotted(version)}" if version else "no makedumpfile version found"
     return (
         f"{found}; before {_dotted(THREADS_SAFE)} makedumpfile corrupts dumps written with "
@@ -122,9 +122,11 @@ def parse_version(data: bytes) -> Version | None:
 
 def installed_path(sysroot: Path) -> Path | None:
     """The makedumpfile capture runs, as capture finds it on PATH."""
+    from kdumpd import environment  # here: the crash kernel imports this module too
+
     try:
-        return sysroot / which(sysroot, "makedumpfile").lstrip("/")
-    except Unreachable:
+        return sysroot / environment.which(sysroot, "makedumpfile").lstrip("/")
+    except environment.Unreachable:
         return None
 
 

@@ -256,7 +256,8 @@ def test_run_makedumpfile_streams_and_keeps_messages(capsys: pytest.CaptureFixtu
 
 FAKE_MAKEDUMPFILE = """#!/bin/sh
 case "$1" in
-  -v) printf 'makedumpfile: version 1.7.2\\nlzo\\tenabled\\nzstd\\tdisabled\\n' ;;
+  -v) printf 'makedumpfile: version %s (released on 20 Oct 2022)\\n' "${FAKE_VERSION:-1.7.2}"
+      printf 'lzo\\tenabled\\nzstd\\tdisabled\\n' ;;
   --dump-dmesg) cp "$FAKE_DMESG" "$3" ;;
   *) for target; do :; done
      printf 'Copying data   : [ 50.0 %%] /  eta: 1s\\n' >&2
@@ -283,6 +284,25 @@ def fake_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> capture.Captu
     source.write_bytes(_elf_with_vmcoreinfo(b"OSRELEASE=6.1.0-28-amd64\n"))
     cfg = config.Config(dump_path=tmp_path / "crash", min_free_space=0)
     return capture.Capture(cfg, source)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "version", "threads"),
+    [(1, "1.7.8", ""), (2, "1.7.8", " --num-threads 2"), (16, "1.7.9", " --num-threads 4"),
+     (4, "1.7.2", "")],
+)  # fmt: skip
+def test_makedumpfile_threads_follow_the_crash_kernels_cpus_and_makedumpfiles_version(
+    fake_crash: capture.Capture, monkeypatch: pytest.MonkeyPatch, cpus: int, version: str,
+    threads: str,
+) -> None:  # fmt: skip
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cpus)))
+    monkeypatch.setenv("FAKE_VERSION", version)
+    assert fake_crash.run()
+    (folder,) = fake_crash.cfg.dump_path.iterdir()
+    log = (folder / dumps.CAPTURE_LOG).read_text()
+    assert f"kdumpd: makedumpfile -l -d 31 --message-level 7{threads} /" in log
+    refused = "no makedumpfile threads of kdumpd's: makedumpfile 1.7.2; before 1.7.8"
+    assert (refused in log) == (cpus > 1 and version == "1.7.2")
 
 
 def test_capture_saves_the_dump_with_its_log(fake_crash: capture.Capture) -> None:

@@ -22,6 +22,7 @@ from kdumpd.reservation import (
     Reservation,
     Verdict,
     assess,
+    boot_cpu_apicid,
     capture_cpus,
     capture_estimate,
     count_cpus,
@@ -546,7 +547,7 @@ def test_capture_estimate_current_calibration() -> None:
         kernel_runtime=8 * M,
         userspace=40 * M,
         bitmap=64 * K,
-        cpus=0,
+        cpu_bytes=0,
         memmap=2231345,
         total=142806065,
         recommended=144 * M,
@@ -569,7 +570,7 @@ def test_the_estimate_on_the_stock_guest_for_both_capture_modes() -> None:
 
 def test_capture_estimate_parts_add_up() -> None:
     e = capture_estimate(64 * G, 12 * M, 40 * M)
-    base = e.kernel + e.initrd + e.kernel_runtime + e.userspace + e.bitmap + e.cpus
+    base = e.kernel + e.initrd + e.kernel_runtime + e.userspace + e.bitmap + e.cpu_bytes
     assert e.total == base + e.memmap
     # The memmap covers the reservation itself: 64 bytes per 4K page, R = base + R/64.
     assert e.total == -(-base * 64 // 63)
@@ -807,7 +808,7 @@ def test_big_machines_plan_more_capture_cpus() -> None:
 def test_each_cpu_after_the_first_is_counted() -> None:
     one = capture_estimate(8 * G, 8 * M, 2 * M, 6 * M, "initramfs")
     four = capture_estimate(8 * G, 8 * M, 2 * M, 6 * M, "initramfs", cpus=4)
-    assert (one.cpus, four.cpus) == (0, 3 * PER_CPU_BYTES)
+    assert (one.cpu_bytes, four.cpu_bytes) == (0, 3 * PER_CPU_BYTES)
     assert four.total - one.total >= 3 * PER_CPU_BYTES
     assert four.recommended > one.recommended
 
@@ -825,15 +826,31 @@ def test_capture_cpus_are_those_the_reservation_holds() -> None:
     assert capture_cpus(1 * G, 1, recommended) == 1  # a small machine plans one
 
 
-def test_sizing_recommends_the_planned_cpus_and_warns_only_below_one() -> None:
-    def machine(reserved: int) -> Reservation:
-        return Reservation("", {}, "", reserved, [], 8 * G, online_cpus=8)
+def test_sizing_recommends_the_usable_cpus_and_warns_only_below_one() -> None:
+    def machine(reserved: int, apicid: int | None = 0) -> Reservation:
+        return Reservation("", {}, "", reserved, [], 8 * G, online_cpus=8, boot_apicid=apicid)
 
-    def cpus_and_need(reserved: int, threads: bool = True) -> tuple[int, int, int, int, int]:
-        s = sizing(machine(reserved), 8 * M, 2 * M, 6 * M, "initramfs", threads)
-        return s.wanted, s.planned, s.cpus, s.recommended // M, s.needed // M
+    def cpus_and_need(
+        res: Reservation, admin: int | None = None, arch: str = "x86_64"
+    ) -> tuple[int, int, int, int, int, str]:
+        s = sizing(res, 8 * M, 2 * M, 6 * M, "initramfs", admin, arch)
+        return s.planned, s.usable, s.cpus, s.recommended // M, s.needed // M, s.why_one
 
-    assert cpus_and_need(112 * M) == (4, 4, 4, 112, 112)
-    assert cpus_and_need(100 * M) == (4, 4, 2, 112, 96)
-    # a makedumpfile that cannot use threads safely: one CPU, and memory for one
-    assert cpus_and_need(112 * M, threads=False) == (4, 1, 1, 96, 96)
+    assert cpus_and_need(machine(112 * M)) == (4, 4, 4, 112, 112, "")
+    assert cpus_and_need(machine(100 * M)) == (4, 4, 2, 112, 96, "")
+    # x86 without the boot CPU's APIC ID: disable_cpu_apicid= cannot be written, one CPU
+    no_apic = cpus_and_need(machine(112 * M, apicid=None))
+    assert no_apic[:5] == (4, 1, 1, 96, 96) and "disable_cpu_apicid" in no_apic[5]
+    assert cpus_and_need(machine(112 * M, apicid=None), arch="aarch64")[:3] == (4, 4, 4)
+    # an admin's nr_cpus= decides, and is counted
+    assert cpus_and_need(machine(96 * M), admin=3) == (3, 3, 3, 112, 112, "")
+
+
+def test_the_boot_cpus_initial_apicid() -> None:
+    cpuinfo = (
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\napicid\t\t: 2\ninitial apicid\t: 2\n\n"
+        "processor\t: 1\ninitial apicid\t: 0\n\n"
+    )
+    assert boot_cpu_apicid(cpuinfo) == 2
+    assert boot_cpu_apicid("processor\t: 0\nBogoMIPS\t: 50.00\n") is None  # arm64
+    assert boot_cpu_apicid("") is None
