@@ -4,6 +4,7 @@ laid out as the kernel's build.c writes them, around real xz and gzip streams.""
 from __future__ import annotations
 
 import hashlib
+import lzma
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -144,9 +145,71 @@ def test_an_old_boot_protocol_fails() -> None:
     assert "boot protocol 2.10 is older than 2.12" in refused(bytes(image))
 
 
-def test_other_architectures_are_not_checked_yet() -> None:
-    check(b"not an arm64 Image", "aarch64")
-    assert "aarch64" not in kernel_image.CHECKS
+# arm64: the Image header as Documentation/arch/arm64/booting.rst lays it out (and as
+# Linux's arch/arm64/kernel/head.S writes it: an EFI "MZ" first, the magic at 0x38).
+
+
+def arm64_image(size: int = 1 << 16, image_size: int | None = None) -> bytes:
+    header = struct.pack(
+        "<2sHI QQQ QQQ 4sI",
+        b"MZ", 0, 0x14000000,  # "MZ" and a branch over the header
+        0, image_size if image_size is not None else size + 4096, 0xA,  # text_offset, size, flags
+        0, 0, 0, b"ARM\x64", 0x40,
+    )  # fmt: skip
+    return header + bytes(range(256)) * ((size - len(header)) // 256)
+
+
+def zboot(payload: bytes, method: bytes = b"gzip") -> bytes:
+    """drivers/firmware/efi/libstub/zboot-header.S: the payload follows a PE stub."""
+    offset = 0x200
+    header = struct.pack("<2sH4sII8s8s", b"MZ", 0, b"zimg", offset, len(payload), bytes(8), method)
+    return header + bytes(offset - len(header)) + payload + bytes(64)
+
+
+def arm64_refused(data: bytes) -> str:
+    with pytest.raises(BadImage) as e:
+        check(data, "aarch64")
+    return str(e.value)
+
+
+def test_arm64_images_plain_gzip_and_zboot_unpack_to_the_image() -> None:
+    image = arm64_image()
+    assert kernel_image.arm64_image(image) == image
+    assert kernel_image.arm64_image(gz(image)) == image  # Debian's vmlinuz
+    assert kernel_image.arm64_image(zboot(gz(image))) == image
+    alone = lzma.compress(image, format=lzma.FORMAT_ALONE)  # Makefile.zboot's lzma
+    assert kernel_image.arm64_image(zboot(alone, b"lzma")) == image
+    check(gz(image), "aarch64")
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (gz(arm64_image())[:-100], "its gzip stream is truncated"),
+        (gz(arm64_image())[:-4] + b"\0\0\0\0", "its gzip stream is damaged"),
+        (zboot(gz(arm64_image()))[:-100], "it is truncated: its EFI zboot header puts"),
+        (zboot(b"(zstd)", b"zstd"), "compressed with 'zstd', not gzip or lzma"),
+        (gz(b"#!/bin/sh\n" * 100), "it is not an arm64 Image: no arm64 Image magic"),
+        (bzimage(xz()), "it is not an arm64 Image: an x86 bzImage"),
+        (arm64_image(image_size=0), "from before Linux 3.17"),
+    ],
+)
+def test_a_bad_arm64_image_fails_saying_why(data: bytes, says: str) -> None:
+    assert says in arm64_refused(data)
+
+
+def test_an_arm64_image_that_unpacks_without_end_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kernel_image, "ARM64_IMAGE_MAX", 1 << 20)
+    assert "unpacks to more than 1 MiB" in arm64_refused(gz(bytes(2 << 20)))
+    alone = lzma.compress(bytes(2 << 20), format=lzma.FORMAT_ALONE)
+    assert "unpacks to more than 1 MiB" in arm64_refused(zboot(alone, b"lzma"))
+
+
+def test_machines_without_a_check_load_as_they_are() -> None:
+    check(b"not a kernel", "riscv64")
+    assert set(kernel_image.CHECKS) == {"x86_64", "aarch64"}
 
 
 # The package manager's checksum, from a sysroot.
