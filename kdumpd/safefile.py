@@ -22,10 +22,13 @@ _KINDS = (
 )
 
 
-def identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    """Which file this is and whether it changed: device, inode, size, mtime and ctime (a
-    file rewritten in place with its old mtime still gets a new ctime)."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+def identity(st: os.stat_result, ctime: bool = True) -> tuple[int, ...]:
+    """Which file this is and whether it changed: device, inode, size, mtime and ctime. A
+    file rewritten in place with its old mtime still gets a new ctime; so does one given a
+    new hard link or mode (update-initramfs links the old initrd to .dpkg-bak before it
+    writes the new one): ctime=False leaves it out where that must not count as a change."""
+    found = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (*found, st.st_ctime_ns) if ctime else found
 
 
 class Refused(OSError):

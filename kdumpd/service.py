@@ -67,13 +67,15 @@ Identity = tuple[tuple[str, tuple[int, ...]], ...]
 
 
 def identity(*paths: Path | None) -> Identity:
-    """Which files these are and whether they changed (safefile.identity; () when absent)."""
+    """Which files these are and whether they changed (safefile.identity without ctime:
+    update-initramfs hard-links the old initrd before it writes the new one, and that
+    must not start a reload of its own; () when absent)."""
     found: list[tuple[str, tuple[int, ...]]] = []
     for path in paths:
         if path is None:
             continue
         try:
-            found.append((str(path), safefile.identity(path.stat())))
+            found.append((str(path), safefile.identity(path.stat(), ctime=False)))
         except OSError:
             found.append((str(path), ()))
     return tuple(found)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,11 @@ def test_unforced_reload_loads_only_what_changed(tmp_path: Path) -> None:
     m.daemon.reload()
     assert len(m.kexec.calls) == 1
     m.daemon.reload(force=False)  # an event that changed nothing
+    assert len(m.kexec.calls) == 1
+    initrd = m.root / f"boot/initrd.img-{V}"
+    os.link(initrd, initrd.with_name(initrd.name + ".dpkg-bak"))  # update-initramfs's backup
+    initrd.chmod(0o600)  # a new ctime, the same content
+    m.daemon.reload(force=False)
     assert len(m.kexec.calls) == 1
     (m.root / f"boot/initrd.img-{V}").write_bytes(b"\x28\xb5\x2f\xfd new initrd")
     m.daemon.reload(force=False)
