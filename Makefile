@@ -69,7 +69,7 @@ demo: venv deb image
 	$(PY) -m tests.vm.demo
 
 bench: venv deb image
-	$(PY) -m bench.run
+	$(PY) -m bench.run kdumpd kdump-tools kdump-tools kdumpd
 
 bench-reservation: venv deb image
 	$(PY) -m bench.min_reservation
