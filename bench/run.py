@@ -13,7 +13,6 @@ multi-user again. Prints one table. No assertions: numbers.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.vm import debs
 from tests.vm.guest import BootOptions, Guest
-from tests.vm.image import CACHE_ROOT, ImagePaths, ensure_image
+from tests.vm.image import ImagePaths, ensure_image
 from tests.vm.kdumpd_guest import build_deb, crash_loaded, wait_armed
 
 
@@ -35,48 +35,8 @@ class Service:
     daemon: bool = False  # stays running (kdump-tools' unit is a oneshot)
 
 
-def _missing_packages(g: Guest, package: str) -> list[str]:
-    """What installing `package` in the guest pulls in: apt on this host answers, reading
-    the guest's dpkg status instead of the host's."""
-    with tempfile.NamedTemporaryFile() as status:
-        status.write(g.read_file("/var/lib/dpkg/status"))
-        status.flush()
-        plan = subprocess.run(
-            [
-                "apt-get",
-                "-s",
-                "-o",
-                f"Dir::State::status={status.name}",
-                "install",
-                "--no-install-recommends",
-                package,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    return [line.split()[1] for line in plan.splitlines() if line.startswith("Inst ")]
-
-
-def _debs(names: list[str]) -> list[Path]:
-    cache = CACHE_ROOT / "debs"
-    cache.mkdir(parents=True, exist_ok=True)
-    missing = [n for n in names if not list(cache.glob(f"{n}_*.deb"))]
-    if missing:
-        subprocess.run(["apt-get", "download", "-q", *missing], cwd=cache, check=True)
-    return [sorted(cache.glob(f"{n}_*.deb"))[-1] for n in names]
-
-
 def install_kdump_tools(g: Guest) -> None:
-    paths = []
-    for deb in _debs(_missing_packages(g, "kdump-tools")):
-        g.copy_in(deb, f"/tmp/{deb.name}")
-        paths.append(f"/tmp/{deb.name}")
-    g.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", *paths],
-        timeout=900,
-        env={"DEBIAN_FRONTEND": "noninteractive"},
-    )
+    debs.install(g, "kdump-tools")
     g.run("sed -i 's/^USE_KDUMP=.*/USE_KDUMP=1/' /etc/default/kdump-tools")
     g.run("systemctl enable kdump-tools && systemctl restart kdump-tools", timeout=900)
 

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from kdumpd import (
     kernels,
     reservation,
     skew,
+    target,
 )
 from kdumpd.sizes import SizeError, format_size, human_size, parse_size
 
@@ -202,9 +204,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         mode = "system"
     res = reservation.read_reservation(sysroot)
     makedumpfile = skew.installed_version(sysroot)
-    from kdumpd.service import capture_sizing
-
-    size = capture_sizing(cfg, res, kernel_size, initrd_size, unpacked, mode, platform.machine())
+    admin_cpus = cmdline.appended_cpus(cfg.cmdline_append)
+    size = reservation.sizing(
+        res, kernel_size, initrd_size, unpacked, mode, admin_cpus, platform.machine()
+    )
     verdict = reservation.assess(res, size.needed, cfg.min_reservation)
     print(
         f"reservation: {human_size(res.reserved_bytes)}, capture needs about "
@@ -222,6 +225,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         warnings.append(f"{verdict.message} Set {verdict.suggestion}.")
     if skewed := skew.warning(makedumpfile, platform.release()):
         warnings.append(skewed)
+    if cfg.target is not None:
+        warnings.append(target.not_sent_yet(cfg.target, str(cfg.dump_path)))
+        if key := config.ssh_key_problem(cfg):
+            problems.append(str(key))
+        elif args.target:
+            problems += _target_problems(cfg.target, cfg.ssh_key)
+    elif args.target:
+        problems.append(f"{cfg.path}: --target: no target is configured (dumps go to dump_path)")
     try:
         running = (sysroot / "proc/cmdline").read_text().strip()
         line = cmdline.build(
@@ -246,6 +257,48 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _target_problems(t: target.Target, key: Path) -> list[str]:
+    """`kdumpd check --target`: over the network, now."""
+    found = target.probe(t, key)
+    if not found.ok:
+        return [f"target {t.url}: {found.message}"]
+    print(f"target: {found.message}")
+    return []
+
+
+def cmd_target_setup(args: argparse.Namespace) -> int:
+    """The ssh key, made if missing, installed on the target by ssh-copy-id, which also
+    records the target's host key in /etc/kdumpd/known_hosts (on first contact, as ssh
+    does: check its fingerprint against the server's)."""
+    cfg = config.load(args.config)
+    if not isinstance(cfg.target, target.SshTarget):
+        raise UserError(f"{cfg.path}: target: set an ssh:// target first")
+    t, key = cfg.target, cfg.ssh_key
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        made = subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"kdumpd@{platform.node()}",
+             "-f", str(key)],
+            check=False,
+        )  # fmt: skip
+        if made.returncode != 0:
+            raise UserError(f"ssh-keygen could not create {key}")
+        print(f"created {key} and {key}.pub")
+    options = target.ssh_options(t, key)
+    # ssh-copy-id logs in once with what the user types (a password, usually): first
+    # contact accepts and records the host key; BatchMode would forbid the password.
+    options[options.index("BatchMode=yes")] = "BatchMode=no"
+    options[options.index("StrictHostKeyChecking=yes")] = "StrictHostKeyChecking=accept-new"
+    copied = subprocess.run(
+        ["ssh-copy-id", "-i", f"{key}.pub", *options[2:], f"{t.user}@{t.host}"], check=False
+    )
+    if copied.returncode != 0:
+        raise UserError(f"ssh-copy-id could not install {key}.pub for {t.user}@{t.host}")
+    found = target.probe(t, key)
+    print(f"target: {found.message}")
+    return EXIT_OK if found.ok else EXIT_ERROR
+
+
 def _recommended(ram: int) -> int:
     """The reservation capture needs on a machine with `ram`, as the daemon would arm it."""
     try:
@@ -260,9 +313,10 @@ def _recommended(ram: int) -> int:
         kernel_size = initrd_size = unpacked = 0
         mode = "system"
     res = dataclasses.replace(reservation.read_reservation(), ram_bytes=ram)
-    from kdumpd.service import capture_sizing
-
-    size = capture_sizing(cfg, res, kernel_size, initrd_size, unpacked, mode, platform.machine())
+    admin_cpus = cmdline.appended_cpus(cfg.cmdline_append)
+    size = reservation.sizing(
+        res, kernel_size, initrd_size, unpacked, mode, admin_cpus, platform.machine()
+    )
     return size.recommended
 
 
@@ -415,7 +469,19 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("check", help="validate the config and the reservation, load nothing")
     s.add_argument("--config", **config_arg)
+    s.add_argument(
+        "--target",
+        action="store_true",
+        help="also log in to the ssh target and write a file there (uses the network)",
+    )
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser(
+        "target-setup",
+        help="make the ssh key if missing and install it on the configured ssh:// target",
+    )
+    s.add_argument("--config", **config_arg)
+    s.set_defaults(func=cmd_target_setup)
 
     s = sub.add_parser(
         "crashkernel",

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import reprlib
+import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdumpd import safefile
+from kdumpd import safefile, target
 from kdumpd.sizes import SizeError, parse_size
 
 DEFAULT_PATH = Path("/etc/kdumpd/kdumpd.yaml")
+DEFAULT_SSH_KEY = Path("/etc/kdumpd/id_ed25519")
 # The config is a few lines: anything bigger or deeper is a mistake, and reading or
 # composing it must not cost the daemon its memory or its stack.
 MAX_BYTES = 1 << 20
@@ -39,6 +42,10 @@ class Config:
     final_action: str = "reboot"
     failure_action: str = "reboot"
     min_reservation: int = 0
+    target: target.Target | None = None
+    ssh_key: Path = DEFAULT_SSH_KEY
+    # The line of each key given, for problems found after parsing (ssh_key_problem).
+    lines: Mapping[str, int] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,14 @@ def _dump_level(value: Any) -> int:
     return value
 
 
+def _target(value: Any) -> target.Target | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be a URL: ssh://USER@HOST[:PORT]/PATH or nfs://HOST/EXPORT")
+    return target.parse(value)
+
+
 def _choice(choices: tuple[str, ...]) -> Any:
     def check(value: Any) -> str:
         if value not in choices:
@@ -171,6 +186,8 @@ _FIELDS: dict[str, Any] = {
     "final_action": _choice(FINAL_ACTIONS),
     "failure_action": _choice(FAILURE_ACTIONS),
     "min_reservation": _size,
+    "target": _target,
+    "ssh_key": _absolute_path,
 }
 
 
@@ -217,14 +234,14 @@ def parse(text: str, path: Path) -> Config:
     constructor = yaml.constructor.SafeConstructor()
     values: dict[str, Any] = {}
     problems: list[Problem] = []
-    seen: set[str] = set()
+    lines: dict[str, int] = {}
     for key_node, value_node in root.value:
         line = key_node.start_mark.line + 1
         key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
-        if key in seen:
+        if key in lines:
             problems.append(Problem(path, line, key, "given twice"))
             continue
-        seen.add(key)
+        lines[key] = line
         check = _FIELDS.get(key)
         if check is None:
             problems.append(
@@ -238,7 +255,33 @@ def parse(text: str, path: Path) -> Config:
             problems.append(Problem(path, value_node.start_mark.line + 1, key, str(e)))
     if problems:
         raise ConfigError(problems)
-    return dataclasses.replace(Config(path=path), **values)
+    return dataclasses.replace(Config(path=path), lines=lines, **values)
+
+
+def ssh_key_problem(cfg: Config) -> Problem | None:
+    """What is wrong with the key an ssh target logs in with, at its line. Not a parse
+    error: the key is a file of its own, made after the config (kdumpd target-setup), and
+    without it only the sending fails, not the rest of capture."""
+    if not isinstance(cfg.target, target.SshTarget):
+        return None
+    key = cfg.ssh_key
+    line = cfg.lines.get("ssh_key", cfg.lines.get("target", 0))
+    try:
+        mode = key.stat().st_mode
+    except OSError as e:
+        return Problem(
+            cfg.path, line, "ssh_key",
+            f"{key}: {e.strerror}; create it with kdumpd target-setup "
+            f"(or ssh-keygen -t ed25519 -N '' -f {key})",
+        )  # fmt: skip
+    if not stat.S_ISREG(mode):
+        return Problem(cfg.path, line, "ssh_key", f"{key} is not a regular file")
+    if mode & 0o077:
+        return Problem(
+            cfg.path, line, "ssh_key",
+            f"{key} can be read by others than its owner; chmod 600 {key} (ssh refuses it)",
+        )  # fmt: skip
+    return None
 
 
 def load(path: Path = DEFAULT_PATH) -> Config:

@@ -513,9 +513,9 @@ BITMAP_BITS_PER_PAGE = 2
 # The crash kernel boots with one CPU (cmdline.APPEND), except on machines of
 # BIG_MACHINE_RAM or more (rounded as crashkernel= ranges round it: firmware keeps some of
 # the DIMMs), where makedumpfile has gigabytes to read, filter and compress:
-# there it gets up to MAX_CAPTURE_CPUS, one makedumpfile thread each (capture.py), as many
-# as the reservation holds. On a smaller machine the dump takes seconds, and bringing up
-# more CPUs costs about what they would save.
+# there it gets up to MAX_CAPTURE_CPUS, as many as the reservation holds, and makedumpfile
+# a thread on each where its threads are safe (skew.threads_safe, capture.py). On a smaller
+# machine the dump takes seconds, and bringing up more CPUs costs about what they would save.
 BIG_MACHINE_RAM = 8 << 30
 MAX_CAPTURE_CPUS = 4
 # What each CPU after the first costs the crash kernel: its per-CPU areas and kthread
@@ -559,7 +559,7 @@ def capture_estimate(
     """Estimate the crash reservation capture needs, part by part. `unpacked_size`: the
     initrd's size unpacked (images.unpacked_size); 0 when its format does not say, and it
     is estimated. mode "initramfs" is kdumpd's own capture initramfs, "system" the
-    machine's initramfs, which boots systemd. cpus: the crash kernel's (planned_cpus)."""
+    machine's initramfs, which boots systemd. cpus: the crash kernel's (Sizing.cpus)."""
     kernel = kernel_size * KERNEL_IMAGE_FACTOR
     bitmap = math.ceil(ram_bytes / _PAGE_BYTES * BITMAP_BITS_PER_PAGE / 8)
     initrd = initrd_size + (unpacked_size or initrd_size * (INITRD_UNPACK_FACTOR - 1))

@@ -33,6 +33,7 @@ from kdumpd import (
     reservation,
     safefile,
     skew,
+    target,
 )
 from kdumpd.loader import Image, Kexec, KexecError, snapshot
 from kdumpd.sizes import format_size, human_size
@@ -425,8 +426,15 @@ class Daemon:
         kernel_size, _ = files.sizes()
         initrd_size = arming.initrd.stat().st_size if arming.initrd else 0
         makedumpfile = skew.installed_version(self.sysroot)
-        size = capture_sizing(
-            cfg, res, kernel_size, initrd_size, arming.unpacked, arming.mode, self.kexec.machine
+        admin_cpus = cmdline.appended_cpus(cfg.cmdline_append)
+        size = reservation.sizing(
+            res,
+            kernel_size,
+            initrd_size,
+            arming.unpacked,
+            arming.mode,
+            admin_cpus,
+            self.kexec.machine,
         )
         self._set(ReservedBytes=res.reserved_bytes, RecommendedBytes=size.recommended)
         # Fewer CPUs than planned is slower, not a risk: not a warning.
@@ -447,6 +455,12 @@ class Daemon:
         if skewed := skew.warning(makedumpfile, platform.release()):
             journal.send(journal.WARNING, f"warning: {skewed}", kernel_version=platform.release())
             warning = " ".join(filter(None, (warning, f"warning: {skewed}")))
+        if cfg.target is not None:
+            key = config.ssh_key_problem(cfg)
+            for said in (target.not_sent_yet(cfg.target, str(cfg.dump_path)), key and str(key)):
+                if said:
+                    journal.send(journal.WARNING, f"warning: {said}")
+                    warning = " ".join(filter(None, (warning, f"warning: {said}")))
         if size.why_one:
             journal.send(journal.NOTICE, f"capture keeps one CPU: {size.why_one}")
         if size.cpus > 1 and (unthreaded := skew.threads_refusal(makedumpfile)):
@@ -712,20 +726,6 @@ def _tune_malloc() -> None:
     libc.mallopt(M_ARENA_MAX, 1)
     libc.mallopt(M_MMAP_THRESHOLD, 256 << 10)
     libc.mallopt(M_TRIM_THRESHOLD, 1 << 20)
-
-
-def capture_sizing(
-    cfg: config.Config,
-    res: reservation.Reservation,
-    kernel_size: int,
-    initrd_size: int,
-    unpacked: int,
-    mode: str,
-    machine: str,
-) -> reservation.Sizing:
-    """What capture needs and the CPUs it gets, for the daemon and `kdumpd check`."""
-    admin_cpus = cmdline.appended_cpus(cfg.cmdline_append)
-    return reservation.sizing(res, kernel_size, initrd_size, unpacked, mode, admin_cpus, machine)
 
 
 def give_back_memory() -> None:

@@ -1,5 +1,6 @@
 """Config parsing: defaults, every key, and bad input reported with file, line and key."""
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -241,3 +242,65 @@ def test_a_value_multiplied_by_aliases_is_shown_short() -> None:
     (found,) = [p for p in problems(text + "compression: *e\n") if ": compression: " in p]
     assert found.endswith("is not one of: lzo, zstd, zlib, none")
     assert len(found) < 1000, found  # unbounded, it would be megabytes
+
+
+def test_a_target_is_parsed_and_its_ssh_key_checked(tmp_path: Path) -> None:
+    """SPEC "Dump targets": target URL, ssh_key (default /etc/kdumpd/id_ed25519)."""
+    from kdumpd.target import NfsTarget, SshTarget
+
+    key = tmp_path / "id_ed25519"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    key.chmod(0o600)
+    c = Path("/c.yaml")
+    cfg = config.parse(f"target: ssh://kdump@192.0.2.1:2222/var/crash\nssh_key: {key}\n", c)
+    assert cfg.target == SshTarget("kdump", "192.0.2.1", 2222, "/var/crash")
+    assert cfg.ssh_key == key and config.ssh_key_problem(cfg) is None
+    nfs = config.parse(f"target: nfs://192.0.2.1/export\nssh_key: {tmp_path}/none\n", c)
+    assert nfs.target == NfsTarget("192.0.2.1", "/export")
+    assert config.ssh_key_problem(nfs) is None  # no key needed
+    assert config.Config().target is None
+    assert config.Config().ssh_key == Path("/etc/kdumpd/id_ed25519")
+
+    key.chmod(0o644)
+    cfg = config.parse(f"\ntarget: ssh://k@h/d\nssh_key: {key}\n", c)
+    assert str(config.ssh_key_problem(cfg)) == (
+        f"/c.yaml:3: ssh_key: {key} can be read by others than its owner; chmod 600 {key} "
+        "(ssh refuses it)"
+    )
+    cfg = config.parse(f"target: ssh://k@h/d\nssh_key: {tmp_path}\n", c)
+    assert (
+        str(config.ssh_key_problem(cfg)) == f"/c.yaml:2: ssh_key: {tmp_path} is not a regular file"
+    )
+    # The default key, at the target's line when ssh_key is not given.
+    cfg = dataclasses.replace(config.parse("\ntarget: ssh://k@h/d\n", c), ssh_key=tmp_path / "none")
+    assert str(config.ssh_key_problem(cfg)) == (
+        f"/c.yaml:2: ssh_key: {tmp_path}/none: No such file or directory; create it with "
+        f"kdumpd target-setup (or ssh-keygen -t ed25519 -N '' -f {tmp_path}/none)"
+    )
+    assert problems("a: 1\ntarget: ftp://h/x\n", c)[1].startswith(
+        "/c.yaml:2: target: 'ftp://h/x' is not a target URL"
+    )
+    assert problems("target: [1]\n", c) == [
+        "/c.yaml:1: target: must be a URL: ssh://USER@HOST[:PORT]/PATH or nfs://HOST/EXPORT"
+    ]
+
+
+def test_kdumpd_check_names_a_bad_ssh_key_and_says_targets_are_not_sent_to(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "kdumpd.yaml"
+    key = tmp_path / "id_ed25519"
+    path.write_text(f"target: ssh://kdump@192.0.2.1/var/crash\nssh_key: {key}\n")
+    check = [sys.executable, "-m", "kdumpd.cli", "check", "--config", str(path)]
+    result = subprocess.run(check, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert f"error: {path}:2: ssh_key: {key}: No such file or directory" in result.stderr
+    path.write_text("target: nfs://192.0.2.1/export\n")
+    result = subprocess.run(check, capture_output=True, text=True)
+    assert (
+        "warning: target nfs://192.0.2.1/export: this kdumpd cannot send dumps over the network "
+        "yet; they are saved to /var/crash"
+    ) in result.stderr
+    path.write_text("")
+    result = subprocess.run([*check, "--target"], capture_output=True, text=True)
+    assert f"error: {path}: --target: no target is configured" in result.stderr

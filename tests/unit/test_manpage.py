@@ -58,9 +58,9 @@ def test_the_command_page_names_what_help_shows(pages: Path) -> None:
     assert warnings == ""
     assert "-h, --help" in text and "Every command takes -h too" in text
     words = " ".join(text.split())
-    commands = re.search(r"\{([a-z,]+)\}", _help())
+    commands = re.search(r"\{([a-z,-]+)\}", _help())
     assert commands is not None
-    summaries = re.findall(r"^    ([a-z]+)\s{2,}(.+)$", _help(), flags=re.MULTILINE)
+    summaries = re.findall(r"^    ([a-z-]+)\s{2,}(.+)$", _help(), flags=re.MULTILINE)
     assert [c for c, _ in summaries] == commands[1].split(",")
     assert all(summary in words for _, summary in summaries)
     for command in commands[1].split(","):

@@ -472,3 +472,25 @@ def test_a_big_machine_captures_with_the_cpus_its_recommendation_counts(
     assert a.RecommendedBytes == reservation.recommended_bytes(
         ram, len(KERNEL), image.stat().st_size, unpacked, "initramfs", 3
     )
+
+
+def test_a_target_is_not_sent_to_yet_and_says_so(tmp_path: Path) -> None:
+    """Issue 12, first part: the target is parsed; dumps still go to dump_path, said aloud."""
+    m = Machine(tmp_path)
+    m.config.write_text("target: nfs://192.0.2.1/export/dumps\n")
+    m.daemon.reload()
+    s = m.daemon.status
+    assert s.State == "loaded" and s.CrashKernelLoaded
+    assert (
+        "warning: target nfs://192.0.2.1/export/dumps: this kdumpd cannot send dumps over the "
+        "network yet; they are saved to /var/crash"
+    ) in s.LastError
+
+
+def test_a_missing_ssh_key_is_a_warning_not_a_lost_crash_kernel(tmp_path: Path) -> None:
+    m = Machine(tmp_path)
+    m.config.write_text(f"target: ssh://kdump@192.0.2.1/var/crash\nssh_key: {tmp_path}/key\n")
+    m.daemon.reload()
+    s = m.daemon.status
+    assert s.State == "loaded" and s.CrashKernelLoaded
+    assert f"warning: {m.config}:2: ssh_key: {tmp_path}/key: No such file" in s.LastError

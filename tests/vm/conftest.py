@@ -14,8 +14,9 @@ import pytest
 from kdumpd.kernels import version_key
 
 # Absolute imports, as the test modules use: one copy of each module, whatever pytest names us.
+from tests.vm import debs
 from tests.vm.guest import BootOptions, Guest, GuestFactory
-from tests.vm.image import CACHE_ROOT, ImagePaths, ensure_image, locked
+from tests.vm.image import ImagePaths, ensure_image, locked
 
 VM_DIR = Path(__file__).parent
 GUESTS = pytest.StashKey[list[Guest]]()
@@ -135,26 +136,6 @@ def kernel_release(vmlinuz: Path) -> str:
     return data[0x200 + offset :].split(b" ", 1)[0].decode()
 
 
-def _download(name: str) -> Path:
-    """A Debian package from the host's apt sources, fetched once into the cache."""
-    debs = CACHE_ROOT / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    with locked(debs / ".lock"):  # concurrent sessions must not see a half-downloaded file
-        found = sorted(debs.glob(f"{name}_*.deb"))
-        if not found:
-            dl = subprocess.run(
-                ["apt-get", "download", "-q", name],
-                cwd=debs,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            found = sorted(debs.glob(f"{name}_*.deb"))
-            if dl.returncode != 0 or not found:
-                pytest.fail(f"apt-get download {name} failed ({dl.returncode}):\n{dl.stderr}")
-    return found[-1]
-
-
 def _apt_packages(pattern: str) -> list[str]:
     """Package names the host's apt knows that match this regular expression."""
     out = subprocess.run(
@@ -178,7 +159,7 @@ def second_kernel_deb(vm_image: ImagePaths) -> Path:
             f"apt knows no Debian 6.1 kernel package newer than {running} "
             "(run apt-get update on the host)"
         )
-    return _download(candidates[-1])
+    return debs.download(candidates[-1])
 
 
 @pytest.fixture(scope="session")
@@ -194,7 +175,7 @@ def crash_hotplug_image(
     names = _apt_packages(r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$")
     if not names:
         pytest.fail("apt knows no linux-image-6.12.*+deb12-amd64 (run apt-get update on the host)")
-    deb = _download(max(names, key=version_key))
+    deb = debs.download(max(names, key=version_key))
     cached = vm_image.disk.parent / f"with-{deb.stem}"
     paths = ImagePaths(
         disk=cached / "disk.qcow2", kernel=cached / "vmlinuz", initrd=cached / "initrd.img"

@@ -1,0 +1,233 @@
+"""Where dumps go when not to the local dump_path: the `target` URL of the SPEC.
+
+    ssh://USER@HOST[:PORT]/PATH        nfs://HOST/EXPORT[/SUBDIR]
+
+What is wrong with a URL is said in words an admin can act on (config.py adds the file
+and line). No passwords in URLs: ssh authenticates with the key in `ssh_key`, and knows
+the host by /etc/kdumpd/known_hosts, which `kdumpd target-setup` fills (ssh-copy-id).
+`probe` is the one place that goes over the network: `kdumpd check --target`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+KNOWN_HOSTS = Path("/etc/kdumpd/known_hosts")
+# A target that does not answer within these is unreachable: a check must end.
+CONNECT_TIMEOUT_S = 10
+PROBE_TIMEOUT_S = 60
+
+# A user name as useradd(8) and ssh accept it without quoting.
+_USER = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*")
+# RFC 1123 host names: labels of letters, digits and hyphens.
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_EXAMPLES = "ssh://USER@HOST[:PORT]/PATH or nfs://HOST/EXPORT[/SUBDIR]"
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    user: str
+    host: str
+    port: int
+    path: str
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = f":{self.port}" if self.port != 22 else ""
+        return f"ssh://{self.user}@{host}{port}{self.path}"
+
+
+@dataclass(frozen=True)
+class NfsTarget:
+    host: str
+    path: str  # the export, or a folder in it: mount(8) takes either
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"nfs://{host}{self.path}"
+
+
+Target = SshTarget | NfsTarget
+
+
+def _host(name: str | None, url: str) -> str:
+    if not name:
+        raise ValueError(f"{url!r} names no host ({_EXAMPLES})")
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        raise ValueError(f"{name!r} is not a host name or an IP address")
+    return name.lower()
+
+
+def _path(path: str, url: str) -> str:
+    if not path.startswith("/") or path == "/":
+        raise ValueError(f"{url!r} names no folder on the host ({_EXAMPLES})")
+    if any(c.isspace() or c == "\0" for c in path) or "/../" in f"{path}/":
+        raise ValueError(f"{path!r} is not a plain absolute path (no spaces, no '..')")
+    return path.rstrip("/")
+
+
+def parse(url: str) -> Target:
+    """The target a URL names; ValueError saying what is wrong with it."""
+    if any(c.isspace() or c == "\0" for c in url):
+        raise ValueError(f"{url!r} contains white space or a NUL byte")
+    parts = urlsplit(url)
+    if parts.scheme not in ("ssh", "nfs"):
+        raise ValueError(f"{url!r} is not a target URL: {_EXAMPLES}")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValueError(f"{url!r}: a target URL has no '?' or '#' part")
+    if parts.password is not None:
+        raise ValueError(
+            f"{parts.scheme}:// URLs carry no password: ssh logs in with the key in ssh_key"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535") from None
+    host = _host(parts.hostname, url)
+    path = _path(parts.path, url)
+    if parts.scheme == "nfs":
+        if parts.username is not None or port is not None:
+            raise ValueError(f"{url!r}: an nfs:// target has no user and no port")
+        return NfsTarget(host, path)
+    if not parts.username or not _USER.fullmatch(parts.username):
+        raise ValueError(f"{url!r} names no user, or not a plain one: ssh://USER@HOST/PATH")
+    if port == 0:
+        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535")
+    return SshTarget(parts.username, host, port or 22, path)
+
+
+def not_sent_yet(t: Target, dump_path: str) -> str:
+    """What kdumpd does with a target today: it parses and checks it, and saves locally."""
+    return (
+        f"target {t.url}: this kdumpd cannot send dumps over the network yet; "
+        f"they are saved to {dump_path} (the target is only checked for its syntax)"
+    )
+
+
+def ssh_options(t: SshTarget, key: Path, known_hosts: Path = KNOWN_HOSTS) -> list[str]:
+    """ssh's options for a target: the key alone, never a prompt, the host known before."""
+    return [
+        "-i", str(key),
+        "-p", str(t.port),
+        "-o", "BatchMode=yes",
+        "-o", "IdentitiesOnly=yes",
+        "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}",
+        "-o", "ServerAliveInterval=5",
+        "-o", "ServerAliveCountMax=3",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "LogLevel=ERROR",
+    ]  # fmt: skip
+
+
+# What ssh (OpenSSH 9) and mount.nfs print when they cannot get in, and what to do.
+_FAILURES = (
+    ("Permission denied (", "permission denied: the host does not accept {key} for {user} "
+     "(install it: kdumpd target-setup)"),
+    ("Host key verification failed", "its host key is not the one in {known} "
+     "(first contact: kdumpd target-setup)"),
+    ("No ED25519 host key is known", "its host key is not in {known} (kdumpd target-setup)"),
+    ("access denied by server", "the server does not export {path} to this machine"),
+    ("Connection refused", "connection refused (no {service} server on port {port}?)"),
+    ("timed out", "no answer within {timeout} s (down, or filtered?)"),
+    ("No route to host", "no route to host"),
+    ("Network is unreachable", "network is unreachable"),
+    ("Could not resolve hostname", "its name does not resolve"),
+    ("resolve address", "its name does not resolve"),
+    ("need a /sbin/mount.<type> helper", "mount.nfs is not installed (Debian: nfs-common)"),
+    ("mount.nfs: No such file or directory", "{path} is not there on the server"),
+)  # fmt: skip
+
+
+def failure(t: Target, key: Path, stderr: str, known_hosts: Path = KNOWN_HOSTS) -> str:
+    """Why ssh or mount failed, from what it printed: for `kdumpd check --target`."""
+    user, service, port = (t.user, "ssh", t.port) if isinstance(t, SshTarget) else ("", "NFS", 2049)
+    for words, why in _FAILURES:
+        if words in stderr:
+            return why.format(
+                key=key,
+                user=user,
+                known=known_hosts,
+                path=t.path,
+                service=service,
+                port=port,
+                timeout=CONNECT_TIMEOUT_S,
+            )
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "it failed and said nothing"
+
+
+# Run where the target is (ssh: on the server; nfs: here, the export mounted at $2 in a
+# mount namespace of its own, gone with the process whatever happens): the folder is made
+# if missing, a file can be created in it, and the free space is told (df -P: 1024-byte
+# blocks, one line per file system).
+_WRITABLE = (
+    'mkdir -p -- {path} && f=$(mktemp -- {path}/.kdumpd-check.XXXXXX) && rm -f -- "$f" && '
+    "df -Pk -- {path} | tail -n 1"
+)
+_NFS = (
+    'mount -t nfs -o rw,soft,retry=0,timeo={deciseconds},retrans=1 -- "$1" "$2" && '
+    + _WRITABLE.format(path='"$2"')
+)
+
+
+@dataclass(frozen=True)
+class Probe:
+    ok: bool
+    message: str  # "reachable, writable, N free" or why not, naming the host
+    free_bytes: int = 0
+
+
+def _command(t: Target, key: Path, known_hosts: Path, mountpoint: str) -> list[str]:
+    if isinstance(t, SshTarget):
+        script = _WRITABLE.format(path=shlex.quote(t.path))
+        return ["ssh", *ssh_options(t, key, known_hosts), f"{t.user}@{t.host}", "--", script]
+    script = _NFS.format(deciseconds=CONNECT_TIMEOUT_S * 10)
+    host = f"[{t.host}]" if ":" in t.host else t.host
+    return [
+        "unshare", "--mount", "--propagation", "private", "--",
+        "sh", "-c", script, "kdumpd-check", f"{host}:{t.path}", mountpoint,
+    ]  # fmt: skip
+
+
+def probe(t: Target, key: Path, known_hosts: Path = KNOWN_HOSTS) -> Probe:
+    """Is the target reachable and writable now? Bounded in time, whatever the network.
+    ssh: with the key alone. nfs: mounted as root, where capture will mount it."""
+    with tempfile.TemporaryDirectory(prefix="kdumpd-check-") as mountpoint:
+        argv = _command(t, key, known_hosts, mountpoint)
+        try:
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=PROBE_TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
+            )
+        except FileNotFoundError:
+            package = "openssh-client" if argv[0] == "ssh" else "util-linux"
+            return Probe(False, f"{argv[0]} is not installed (Debian: {package})")
+        except subprocess.TimeoutExpired:
+            return Probe(False, f"{t.host}: no answer within {PROBE_TIMEOUT_S} s")
+    fields = done.stdout.split()
+    if done.returncode == 0 and len(fields) >= 4 and fields[3].isdigit():
+        free = int(fields[3]) * 1024
+        return Probe(True, f"{t.url}: reachable, writable, {free >> 20} MiB free", free)
+    # 255: ssh's own failure, not the command's; 32: mount(8)'s "mount failure".
+    if done.returncode == (255 if isinstance(t, SshTarget) else 32):
+        return Probe(False, f"{t.host}: {failure(t, key, done.stderr, known_hosts)}")
+    said = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+    user = t.user if isinstance(t, SshTarget) else "root"
+    return Probe(False, f"{t.host}: {t.path} is not writable for {user}: {said[0][:300]}")

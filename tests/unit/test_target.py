@@ -1,0 +1,124 @@
+"""Target URLs (kdumpd/target.py): what the SPEC allows, and words for what it does not."""
+
+from pathlib import Path
+
+import pytest
+
+from kdumpd import target
+from kdumpd.target import NfsTarget, SshTarget
+
+
+@pytest.mark.parametrize(
+    ("url", "parsed"),
+    [
+        ("ssh://kdump@192.0.2.1/var/crash", SshTarget("kdump", "192.0.2.1", 22, "/var/crash")),
+        (
+            "ssh://root@Dumps.Example.org:2222/srv/d/",
+            SshTarget("root", "dumps.example.org", 2222, "/srv/d"),
+        ),
+        ("ssh://k@[2001:db8::1]:22/x", SshTarget("k", "2001:db8::1", 22, "/x")),
+        ("nfs://192.0.2.7/export/dumps", NfsTarget("192.0.2.7", "/export/dumps")),
+        ("nfs://filer/export", NfsTarget("filer", "/export")),
+    ],
+)
+def test_good_urls(url: str, parsed: target.Target) -> None:
+    assert target.parse(url) == parsed
+
+
+def test_the_url_is_given_back_in_its_plain_form() -> None:
+    assert target.parse("ssh://k@[2001:db8::1]:22/x/").url == "ssh://k@[2001:db8::1]/x"
+    assert target.parse("ssh://k@h:2222/x").url == "ssh://k@h:2222/x"
+    assert target.parse("nfs://[2001:db8::2]/e").url == "nfs://[2001:db8::2]/e"
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("ftp://h/x", "is not a target URL: ssh://USER@HOST[:PORT]/PATH or nfs://"),
+        ("/var/crash", "is not a target URL"),
+        ("ssh://h/x", "names no user"),
+        ("ssh://@h/x", "names no user"),
+        ("ssh://u;rm@h/x", "not a plain one"),
+        ("ssh://u:secret@h/x", "carry no password: ssh logs in with the key in ssh_key"),
+        ("ssh://u@h:99999/x", "the port must be a number from 1 to 65535"),
+        ("ssh://u@h:0/x", "the port must be a number from 1 to 65535"),
+        ("ssh://u@h:ssh/x", "the port must be a number"),
+        ("ssh://u@/x", "names no host"),
+        ("ssh://u@-bad-/x", "'-bad-' is not a host name or an IP address"),
+        ("ssh://u@h_1/x", "is not a host name"),
+        ("ssh://u@h", "names no folder on the host"),
+        ("ssh://u@h/", "names no folder on the host"),
+        ("ssh://u@h/a/../etc", "is not a plain absolute path"),
+        ("ssh://u@h/x?y=1", "has no '?' or '#' part"),
+        ("ssh://u@h/x#", "has no '?' or '#' part"),
+        ("ssh://u@h/a b", "white space"),
+        ("nfs://u@h/x", "an nfs:// target has no user and no port"),
+        ("nfs://h:2049/x", "an nfs:// target has no user and no port"),
+        ("nfs://h", "names no folder"),
+    ],
+)
+def test_bad_urls_say_what_is_wrong(url: str, words: str) -> None:
+    with pytest.raises(ValueError) as info:
+        target.parse(url)
+    assert words in str(info.value)
+
+
+SSH = SshTarget("kdump", "192.0.2.1", 2222, "/srv/dumps")
+KEY = Path("/etc/kdumpd/id_ed25519")
+
+
+def test_ssh_never_prompts_and_knows_the_host_from_kdumpd_s_file() -> None:
+    options = target.ssh_options(SSH, KEY)
+    pairs = dict(zip(options[::2], options[1::2], strict=True))
+    assert pairs["-i"] == str(KEY) and pairs["-p"] == "2222"
+    said = [v for k, v in zip(options[::2], options[1::2], strict=True) if k == "-o"]
+    for needed in (
+        "BatchMode=yes",
+        "IdentitiesOnly=yes",
+        "StrictHostKeyChecking=yes",
+        "UserKnownHostsFile=/etc/kdumpd/known_hosts",
+        f"ConnectTimeout={target.CONNECT_TIMEOUT_S}",
+    ):
+        assert needed in said
+
+
+@pytest.mark.parametrize(
+    ("stderr", "words"),
+    [
+        (
+            "kdump@192.0.2.1: Permission denied (publickey,password).",
+            f"permission denied: the host does not accept {KEY} for kdump",
+        ),
+        ("Host key verification failed.", "its host key is not the one in /etc/kdumpd/known_hosts"),
+        (
+            "ssh: connect to host 192.0.2.1 port 2222: Connection refused",
+            "connection refused (no ssh server on port 2222?)",
+        ),
+        ("ssh: connect to host 192.0.2.1 port 2222: Connection timed out", "no answer within 10 s"),
+        ("ssh: connect to host 192.0.2.1 port 2222: No route to host", "no route to host"),
+        ("ssh: Could not resolve hostname h: Name or service not known", "does not resolve"),
+        ("\nsomething new\n\n", "something new"),
+        ("", "it failed and said nothing"),
+    ],
+)
+def test_ssh_s_failures_in_words(stderr: str, words: str) -> None:
+    assert words in target.failure(SSH, KEY, stderr)
+
+
+def test_a_probe_without_ssh_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    found = target.probe(SSH, KEY)
+    assert not found.ok and found.message == "ssh is not installed (Debian: openssh-client)"
+
+
+def test_a_probe_of_a_host_that_refuses_names_it(tmp_path: Path) -> None:
+    """The real ssh, on loopback, at a port where nothing listens."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    t = SshTarget("kdump", "127.0.0.1", port, "/x")
+    found = target.probe(t, tmp_path / "key", tmp_path / "known_hosts")
+    assert not found.ok
+    assert found.message == f"127.0.0.1: connection refused (no ssh server on port {port}?)"

@@ -1,0 +1,73 @@
+"""Debian packages for the guests, from the host's apt sources: the guests have no network.
+
+`install(guest, name)` asks the host's apt what installing `name` would pull in on top of
+the guest's own dpkg status, downloads those once into the cache, and installs them from
+files in the guest."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tests.vm.guest import Guest
+from tests.vm.image import CACHE_ROOT, locked
+
+DEBS = CACHE_ROOT / "debs"
+
+
+def download(name: str) -> Path:
+    """A package fetched once with apt-get download (the newest the host's apt knows)."""
+    DEBS.mkdir(parents=True, exist_ok=True)
+    with locked(DEBS / ".lock"):  # concurrent sessions must not see a half-downloaded file
+        found = sorted(DEBS.glob(f"{name}_*.deb"))
+        if not found:
+            dl = subprocess.run(
+                ["apt-get", "download", "-q", name],
+                cwd=DEBS,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            found = sorted(DEBS.glob(f"{name}_*.deb"))
+            if dl.returncode != 0 or not found:
+                raise RuntimeError(
+                    f"apt-get download {name} failed ({dl.returncode}):\n{dl.stderr}"
+                )
+    return found[-1]
+
+
+def missing(g: Guest, package: str) -> list[str]:
+    """What installing `package` in the guest pulls in: apt on this host answers, reading
+    the guest's dpkg status instead of the host's."""
+    with tempfile.NamedTemporaryFile() as status:
+        status.write(g.read_file("/var/lib/dpkg/status"))
+        status.flush()
+        plan = subprocess.run(
+            [
+                "apt-get",
+                "-s",
+                "-o",
+                f"Dir::State::status={status.name}",
+                "install",
+                "--no-install-recommends",
+                package,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    return [line.split()[1] for line in plan.splitlines() if line.startswith("Inst ")]
+
+
+def install(g: Guest, package: str, timeout: float = 900) -> None:
+    paths = []
+    for deb in (download(name) for name in missing(g, package)):
+        g.copy_in(deb, f"/tmp/{deb.name}")
+        paths.append(f"/tmp/{deb.name}")
+    if paths:
+        g.run(
+            ["apt-get", "install", "-y", "--no-install-recommends", *paths],
+            timeout=timeout,
+            env={"DEBIAN_FRONTEND": "noninteractive"},
+        )

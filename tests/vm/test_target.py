@@ -1,0 +1,143 @@
+"""Issue 12, its first part: an ssh:// target, set up with `kdumpd target-setup` and checked
+with `kdumpd check --target`, against a second guest running Debian's openssh-server.
+
+The two guests share one QEMU socket network carried on 127.0.0.1 (the server listens, the
+client connects) and have no other network interface; their addresses are from
+192.0.2.0/24, a documentation range. Sending a dump over it is not built yet."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.vm import debs
+from tests.vm.guest import Guest, GuestFactory
+from tests.vm.kdumpd_guest import wait_armed
+
+SERVER, CLIENT = "192.0.2.1", "192.0.2.2"
+URL = f"ssh://kdump@{SERVER}/home/kdump/dumps"
+NFS_URL = f"nfs://{SERVER}/srv/dumps"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _nic(role: str, port: int, mac: str) -> list[str]:
+    return [
+        "-netdev",
+        f"socket,id=net0,{role}=127.0.0.1:{port}",
+        "-device",
+        f"virtio-net-pci,netdev=net0,mac={mac}",
+    ]
+
+
+def _address(g: Guest, address: str) -> None:
+    """The one network interface up with `address`, by busybox's ip (minbase has no iproute2)."""
+    nic = g.run("ls /sys/class/net | grep -v '^lo$'").stdout.split()
+    assert len(nic) == 1, nic
+    g.run(f"busybox ip addr add {address}/24 dev {nic[0]} && busybox ip link set {nic[0]} up")
+
+
+def _check_target(g: Guest) -> tuple[int, str]:
+    r = g.run("kdumpd check --target", check=False, timeout=180)
+    lines = [line for line in (r.stdout + r.stderr).splitlines() if "target" in line]
+    return r.rc, "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def pair(make_guest_module: GuestFactory, kdumpd_deb: Path) -> tuple[Guest, Guest]:
+    """The dump server (openssh-server, nfs-kernel-server) and the client running kdumpd."""
+    port = _free_port()
+    server = make_guest_module(cpus=1, extra_qemu_args=_nic("listen", port, "52:54:00:c0:00:01"))
+    client = make_guest_module(
+        append="crashkernel=256M", extra_qemu_args=_nic("connect", port, "52:54:00:c0:00:02")
+    )
+    for package in ("openssh-server", "nfs-kernel-server"):
+        debs.install(server, package)
+    server.run("useradd -m -s /bin/sh kdump && install -d -m 700 -o kdump -g kdump ~kdump/.ssh")
+    _address(server, SERVER)
+    debs.install(client, "openssh-client")
+    client.install_deb(kdumpd_deb)
+    wait_armed(client)
+    _address(client, CLIENT)
+    return server, client
+
+
+def test_an_ssh_target_is_set_up_and_checked_before_any_crash(pair: tuple[Guest, Guest]) -> None:
+    server, client = pair
+    client.write_file("/etc/kdumpd/kdumpd.yaml", f"target: {URL}\n".encode())
+
+    # No key yet: the config names it, at its line.
+    rc, said = _check_target(client)
+    assert rc == 1 and (
+        "kdumpd.yaml:1: ssh_key: /etc/kdumpd/id_ed25519: No such file or directory" in said
+    ), said
+
+    # target-setup makes the key; ssh-copy-id cannot log in with a password here (no
+    # terminal), but has met the host and recorded its key.
+    setup = client.run("kdumpd target-setup", check=False, timeout=180)
+    assert setup.rc != 0 and "ssh-copy-id could not install" in setup.stderr, setup
+    mode = client.run("stat -c %a /etc/kdumpd/id_ed25519").stdout.strip()
+    assert mode == "600"
+    assert SERVER in client.run("cat /etc/kdumpd/known_hosts").stdout
+    rc, said = _check_target(client)
+    assert rc == 1 and f"{SERVER}: permission denied: the host does not accept" in said, said
+
+    # The admin puts the public key on the server: setup and check then pass.
+    public = client.read_file("/etc/kdumpd/id_ed25519.pub")
+    server.write_file("/home/kdump/.ssh/authorized_keys", public, 0o600)
+    server.run("chown kdump:kdump /home/kdump/.ssh/authorized_keys")
+    setup = client.run("kdumpd target-setup", check=False, timeout=180)
+    assert setup.rc == 0 and f"target: {URL}: reachable, writable" in setup.stdout, setup
+    rc, said = _check_target(client)
+    assert f"target: {URL}: reachable, writable, " in said and "error" not in said, said
+    assert server.run("stat -c %U /home/kdump/dumps").stdout.strip() == "kdump"
+    assert server.run("ls -A /home/kdump/dumps").stdout == ""  # the probe's file is gone
+    # Not sent yet, and said so.
+    assert "cannot send dumps over the network yet" in said
+
+    # A key the server does not know.
+    client.run("ssh-keygen -q -t ed25519 -N '' -f /etc/kdumpd/other")
+    client.write_file(
+        "/etc/kdumpd/kdumpd.yaml", f"target: {URL}\nssh_key: /etc/kdumpd/other\n".encode()
+    )
+    rc, said = _check_target(client)
+    assert rc == 1 and f"{SERVER}: permission denied" in said and "/etc/kdumpd/other" in said
+
+    # The server's sshd stopped: refused, named.
+    client.write_file("/etc/kdumpd/kdumpd.yaml", f"target: {URL}\n".encode())
+    server.run("systemctl stop ssh.service")
+    rc, said = _check_target(client)
+    assert rc == 1 and f"{SERVER}: connection refused (no ssh server on port 22?)" in said, said
+
+
+def test_an_nfs_target_is_checked_before_any_crash(pair: tuple[Guest, Guest]) -> None:
+    server, client = pair
+    client.write_file("/etc/kdumpd/kdumpd.yaml", f"target: {NFS_URL}\n".encode())
+    rc, said = _check_target(client)
+    assert rc == 1 and f"{SERVER}: mount.nfs is not installed (Debian: nfs-common)" in said, said
+    debs.install(client, "nfs-common")
+
+    # Not exported yet.
+    server.run("install -d -m 755 /srv/dumps")
+    rc, said = _check_target(client)
+    assert rc == 1 and f"{SERVER}: " in said, said
+    assert "reachable, writable" not in said
+
+    server.write_file("/etc/exports", f"/srv/dumps {CLIENT}/32(rw,no_root_squash,sync)\n".encode())
+    server.run("exportfs -ra")
+    rc, said = _check_target(client)
+    assert f"target: {NFS_URL}: reachable, writable, " in said and "error" not in said, said
+    assert server.run("ls -A /srv/dumps").stdout == ""  # the probe's file is gone
+    assert client.run("grep -c ' nfs' /proc/mounts", check=False).stdout.strip() == "0"
+
+    # root squashed: mounted, but root may not write there.
+    server.write_file("/etc/exports", f"/srv/dumps {CLIENT}/32(rw,root_squash,sync)\n".encode())
+    server.run("exportfs -ra")
+    rc, said = _check_target(client)
+    assert rc == 1 and f"{SERVER}: /srv/dumps is not writable for root: " in said, said
