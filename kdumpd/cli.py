@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -289,9 +291,15 @@ def cmd_target_setup(args: argparse.Namespace) -> int:
     # contact accepts and records the host key; BatchMode would forbid the password.
     options[options.index("BatchMode=yes")] = "BatchMode=no"
     options[options.index("StrictHostKeyChecking=yes")] = "StrictHostKeyChecking=accept-new"
-    copied = subprocess.run(
-        ["ssh-copy-id", "-i", f"{key}.pub", *options[2:], f"{t.user}@{t.host}"], check=False
-    )
+    # ssh-copy-id keeps its temporary files in ~/.ssh, which root often lacks (and the
+    # guest agent's commands have no HOME): a home of its own, gone afterwards.
+    with tempfile.TemporaryDirectory(prefix="kdumpd-setup-") as home:
+        (Path(home) / ".ssh").mkdir(mode=0o700)
+        copied = subprocess.run(
+            ["ssh-copy-id", "-i", f"{key}.pub", *options[2:], f"{t.user}@{t.host}"],
+            check=False,
+            env={**os.environ, "HOME": home},
+        )
     if copied.returncode != 0:
         raise UserError(f"ssh-copy-id could not install {key}.pub for {t.user}@{t.host}")
     found = target.probe(t, key)

@@ -6,7 +6,7 @@ import os
 import shutil
 import struct
 import subprocess
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -162,41 +162,55 @@ def second_kernel_deb(vm_image: ImagePaths) -> Path:
     return debs.download(candidates[-1])
 
 
-@pytest.fixture(scope="session")
-def crash_hotplug_image(
-    vm_image: ImagePaths, tmp_path_factory: pytest.TempPathFactory
+def derived_image(
+    base: ImagePaths,
+    name: str,
+    prepare: Callable[[Guest], tuple[str, str]],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> ImagePaths:
-    """The image with Debian 12's newer kernel series installed (linux-image-6.12.*+deb12,
-    from bookworm-security), whose crash_hotplug files exist: 6.1 has none.
-
-    Made once in a guest (dpkg and update-initramfs take minutes under TCG) and cached
-    beside the base image, keyed by the package file: a qcow2 over the base disk, and the
-    kernel and initrd to boot it with."""
-    names = _apt_packages(r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$")
-    if not names:
-        pytest.fail("apt knows no linux-image-6.12.*+deb12-amd64 (run apt-get update on the host)")
-    deb = debs.download(max(names, key=version_key))
-    cached = vm_image.disk.parent / f"with-{deb.stem}"
+    """An image made once from `base` by `prepare` in a guest (which returns the guest paths
+    of the kernel and initrd to boot), cached beside it as `name`, which must name its
+    inputs: a qcow2 over the base disk, and the kernel and initrd."""
+    cached = base.disk.parent / name
     paths = ImagePaths(
         disk=cached / "disk.qcow2", kernel=cached / "vmlinuz", initrd=cached / "initrd.img"
     )
-    with locked(vm_image.disk.parent / f".with-{deb.stem}.lock"):
+    with locked(base.disk.parent / f".{name}.lock"):
         if cached.is_dir():
             return paths
-        work = tmp_path_factory.mktemp("crash-hotplug-image")
-        with Guest(vm_image, work / "guest", "kbuild") as g:
+        work = tmp_path_factory.mktemp(name)
+        with Guest(base, work / "guest", "imagebuild") as g:
             g.start()
             g.wait_booted()
-            g.install_deb(deb, timeout=1800)
-            release = g.run("ls /lib/modules | grep '^6\\.12\\.'").stdout.strip()
+            kernel, initrd = prepare(g)
             g.shutdown()
             build = work / "image"
             build.mkdir()
-            (build / "vmlinuz").write_bytes(g.debugfs_cat(f"/boot/vmlinuz-{release}"))
-            (build / "initrd.img").write_bytes(g.debugfs_cat(f"/boot/initrd.img-{release}"))
+            (build / "vmlinuz").write_bytes(g.debugfs_cat(kernel))
+            (build / "initrd.img").write_bytes(g.debugfs_cat(initrd))
             shutil.move(g.overlay, build / "disk.qcow2")
         partial = cached.parent / f".{cached.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
         shutil.copytree(build, partial)
         os.rename(partial, cached)  # complete or absent
     return paths
+
+
+@pytest.fixture(scope="session")
+def crash_hotplug_image(
+    vm_image: ImagePaths, tmp_path_factory: pytest.TempPathFactory
+) -> ImagePaths:
+    """The image with Debian 12's newer kernel series installed (linux-image-6.12.*+deb12,
+    from bookworm-security), whose crash_hotplug files exist: 6.1 has none. Made once
+    (dpkg and update-initramfs take minutes under TCG), keyed by the package file."""
+    names = _apt_packages(r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$")
+    if not names:
+        pytest.fail("apt knows no linux-image-6.12.*+deb12-amd64 (run apt-get update on the host)")
+    deb = debs.download(max(names, key=version_key))
+
+    def install(g: Guest) -> tuple[str, str]:
+        g.install_deb(deb, timeout=1800)
+        release = g.run("ls /lib/modules | grep '^6\\.12\\.'").stdout.strip()
+        return f"/boot/vmlinuz-{release}", f"/boot/initrd.img-{release}"
+
+    return derived_image(vm_image, f"with-{deb.stem}", install, tmp_path_factory)
