@@ -263,9 +263,31 @@ def _target_problems(t: target.Target, key: Path) -> list[str]:
     """`kdumpd check --target`: over the network, now."""
     found = target.probe(t, key)
     if not found.ok:
-        return [f"target {t.url}: {found.message}"]
-    print(f"target: {found.message}")
+        return [str(found)]
+    print(found)
     return []
+
+
+def cmd_target_check(args: argparse.Namespace) -> int:
+    """For the daemon, which has no network: kdumpd-target-check.service runs this when the
+    daemon (at arming) or a network hook asks, and the verdict goes where the daemon reads
+    it (its run directory)."""
+    run = Path(args.run_dir)
+    # First: a request that comes while this one runs is another check.
+    (run / target.CHECK_REQUEST).unlink(missing_ok=True)
+    cfg = config.load(args.config)  # the daemon says what is wrong with it
+    verdict_path = run / target.VERDICT
+    if cfg.target is None:
+        verdict_path.unlink(missing_ok=True)
+        print(f"{cfg.path}: no target, nothing to check")
+        return EXIT_OK
+    if problem := config.ssh_key_problem(cfg):
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_ERROR
+    found = target.probe(cfg.target, cfg.ssh_key)
+    target.record(found, verdict_path)
+    print(found if found.ok else f"error: {found}", file=sys.stdout if found.ok else sys.stderr)
+    return EXIT_OK if found.ok else EXIT_ERROR
 
 
 def cmd_target_setup(args: argparse.Namespace) -> int:
@@ -286,24 +308,20 @@ def cmd_target_setup(args: argparse.Namespace) -> int:
         if made.returncode != 0:
             raise UserError(f"ssh-keygen could not create {key}")
         print(f"created {key} and {key}.pub")
-    options = target.ssh_options(t, key)
-    # ssh-copy-id logs in once with what the user types (a password, usually): first
-    # contact accepts and records the host key; BatchMode would forbid the password.
-    options[options.index("BatchMode=yes")] = "BatchMode=no"
-    options[options.index("StrictHostKeyChecking=yes")] = "StrictHostKeyChecking=accept-new"
+    options = target.ssh_options(t, key, first_contact=True)
     # ssh-copy-id keeps its temporary files in ~/.ssh, which root often lacks (and the
     # guest agent's commands have no HOME): a home of its own, gone afterwards.
     with tempfile.TemporaryDirectory(prefix="kdumpd-setup-") as home:
         (Path(home) / ".ssh").mkdir(mode=0o700)
         copied = subprocess.run(
-            ["ssh-copy-id", "-i", f"{key}.pub", *options[2:], f"{t.user}@{t.host}"],
+            ["ssh-copy-id", "-i", f"{key}.pub", *options, f"{t.user}@{t.host}"],
             check=False,
             env={**os.environ, "HOME": home},
         )
     if copied.returncode != 0:
         raise UserError(f"ssh-copy-id could not install {key}.pub for {t.user}@{t.host}")
     found = target.probe(t, key)
-    print(f"target: {found.message}")
+    print(found)
     return EXIT_OK if found.ok else EXIT_ERROR
 
 
@@ -480,7 +498,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--target",
         action="store_true",
-        help="also log in to the ssh target and write a file there (uses the network)",
+        help="also check that the target is reachable and writable: an ssh login or an NFS "
+        "mount, and a file written there (uses the network)",
     )
     s.set_defaults(func=cmd_check)
 
@@ -490,6 +509,15 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--config", **config_arg)
     s.set_defaults(func=cmd_target_setup)
+
+    s = sub.add_parser(
+        "target-check",
+        help="check the target as check --target does and record the verdict for the daemon "
+        "(what kdumpd-target-check.service runs)",
+    )
+    s.add_argument("--config", **config_arg)
+    s.add_argument("--run-dir", default="/run/kdumpd", help="where the daemon reads the verdict")
+    s.set_defaults(func=cmd_target_check)
 
     s = sub.add_parser(
         "crashkernel",

@@ -90,7 +90,7 @@ ERROR_NOT_LOADED = f"{INTERFACE}.Error.NotLoaded"  # Test with no crash kernel t
 ERROR_CANNOT_TEST = f"{INTERFACE}.Error.CannotTest"  # a Test that would prove nothing
 
 
-class Refused(Exception):
+class CallRefused(Exception):
     """A request turned down for a reason the caller should read: `name` and the message."""
 
     def __init__(self, name: str, message: str) -> None:
@@ -132,7 +132,7 @@ class Call:
         """Reply with what `produce` returns; if it raises, with Error.Failed."""
         try:
             value = produce()
-        except Refused as e:
+        except CallRefused as e:
             self.fail(e.name, str(e))
             return
         except Exception as e:  # a bug: the caller gets a typed error, the journal the details
@@ -377,7 +377,7 @@ class KdumpObject:
         self._authorizer = Authorizer(connection, auth_timeout_s)
         self._ready = False
         self.watcher = Watcher(
-            lambda why: self._requests.put(RELOAD, why, quiet=requests.QUIET_S),
+            lambda kind, why: self._requests.put(kind, why, quiet=requests.QUIET_S),
             lambda why: self.request_reload(why, hardware=True),
             daemon.sysroot,
         )
@@ -431,7 +431,7 @@ class KdumpObject:
         """Refused at once when it would prove nothing (Daemon.test_refusal)."""
         if refusal := self._daemon.test_refusal():
             loaded = self._daemon.kexec.loaded()
-            raise Refused(ERROR_CANNOT_TEST if loaded else ERROR_NOT_LOADED, refusal)
+            raise CallRefused(ERROR_CANNOT_TEST if loaded else ERROR_NOT_LOADED, refusal)
         self._requests.put(TEST, f"Test from {who}")
 
     def request_reload(self, why: str, hardware: bool = False) -> None:

@@ -1,5 +1,5 @@
-"""Every request to load, unload, rebuild or test, in one ordered queue, served by one
-worker.
+"""Every request to load, unload, rebuild, test or take in a target's verdict, in one
+ordered queue, served by one worker.
 
 Requests come from D-Bus (Reload, Unload, Test), SIGHUP, the kernel hooks (they call Reload),
 watched files and CPU or memory hotplug (kdumpd/watch.py), and the daemon itself (the
@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 from kdumpd import journal
 
-RELOAD, UNLOAD, BUILD, TEST = "reload", "unload", "build", "test"
+# TARGET: the target's verdict changed (kdumpd-target-check.service), for LastError.
+RELOAD, UNLOAD, BUILD, TEST, TARGET = "reload", "unload", "build", "test", "target"
 
 QUIET_S = 2.0  # after a file event or a hotplug event: more may follow
 # After a request from a hook or a person: hooks run once their package's files are in
@@ -40,7 +41,7 @@ MAX_WAIT_S = 20.0  # a steady stream of events must not postpone the reload for 
 
 @dataclass
 class Request:
-    kind: str  # RELOAD, UNLOAD, BUILD or TEST
+    kind: str  # RELOAD, UNLOAD, BUILD, TEST or TARGET
     why: list[str]  # what asked for it, in words for the journal
     must: bool  # load even when no file changed since the last reload read them
     asked: bool  # someone asked for it (D-Bus, SIGHUP, a hook), or the daemon itself

@@ -156,6 +156,7 @@ class Daemon:
         self._lock = threading.Lock()
         self.requests = requests.Queue(on_change=self._publish)
         self._outcome = self.status.State  # how the last request ended
+        self._said = ""  # what the last load or unload had to say, for LastError
         self._attempt: Identity | None = None  # the files the last reload read
         self._began = 0.0  # when the reload under way began, by the monotonic clock
         # Set once the first request needs the CPU no more: inside kexec_file_load (which
@@ -194,6 +195,8 @@ class Daemon:
             self.build_environment()
         elif request.kind == requests.TEST:
             self.test(request.reason)
+        elif request.kind == requests.TARGET:
+            self.target_checked()
         elif self.unloaded_on_request() and not request.asked:
             journal.send(
                 journal.INFO,
@@ -334,7 +337,45 @@ class Daemon:
         """End a reload or unload as the kernel sees it: a crash kernel that is still loaded
         keeps the machine covered, whatever went wrong."""
         loaded = self.kexec.loaded()
-        self._set(State="loaded" if loaded else state, CrashKernelLoaded=loaded, LastError=error)
+        self._said = error
+        self._set(
+            State="loaded" if loaded else state,
+            CrashKernelLoaded=loaded,
+            LastError=self._last_error(),
+        )
+
+    def _last_error(self) -> str:
+        """What the last load or unload said, and what is known of the target: its last
+        check (kdumpd-target-check.service's, which may come later) or why it cannot be."""
+        cfg = self.config
+        if cfg is None or cfg.target is None:
+            return self._said
+        problem = config.ssh_key_problem(cfg)
+        verdict = None if problem else target.recall(self._verdict, cfg.target, cfg.ssh_key)
+        words = target.status_words(cfg.target, str(problem or ""), verdict, str(cfg.dump_path))
+        return " ".join(filter(None, (self._said, words)))
+
+    @property
+    def _verdict(self) -> Path:
+        return self.run_dir / target.VERDICT
+
+    def _ask_target_check(self) -> None:
+        """kdumpd-target-check.path starts the check when this file appears."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / target.CHECK_REQUEST).touch()
+        except OSError as e:
+            journal.send(journal.WARNING, f"cannot ask for the target's check: {e}")
+
+    def target_checked(self) -> None:
+        """The target's verdict changed (kdumpd-target-check.service wrote it)."""
+        cfg = self.config
+        if cfg is not None and cfg.target is not None:
+            verdict = target.recall(self._verdict, cfg.target, cfg.ssh_key)
+            if verdict is not None:
+                priority = journal.INFO if verdict.ok else journal.WARNING
+                journal.send(priority, str(verdict), target_url=verdict.url)
+        self._set(LastError=self._last_error())
 
     def _unchanged(self) -> bool:
         """The last reload read the same files, so another would end the same way; unless
@@ -354,10 +395,11 @@ class Daemon:
             return identity(self.config_path, makedumpfile)
         return identity(self.config_path, makedumpfile, files.image, files.initrd)
 
-    def watch_targets(self) -> dict[Path, Callable[[str], bool]]:
-        """Directories to watch, each with the file names in it that should cause a reload:
-        the config, the loaded kernel's files, those of the kernel the config asks for, and
-        makedumpfile (whose version LastError may warn about)."""
+    def watch_targets(self) -> dict[Path, Callable[[str], str | None]]:
+        """Directories to watch, each with what a change of a file in it asks for: a reload
+        for the config, the loaded kernel's files, those of the kernel the config asks for,
+        and makedumpfile (whose version LastError may warn about); a look at the target's
+        verdict when kdumpd-target-check.service wrote it."""
         cfg = self.config or config.Config(path=self.config_path)
         wanted = {"running": platform.release(), "latest": ""}.get(cfg.kernel, cfg.kernel)
         makedumpfile = skew.installed_path(self.sysroot) or self.sysroot / "usr/sbin/makedumpfile"
@@ -369,12 +411,15 @@ class Daemon:
                     names.add(image.path.name)
                     dirs.add(image.path.parent)
 
-        def matters(name: str) -> bool:
-            if name in names:
-                return True
-            return kernels.is_kernel_file(name) and (wanted == "" or wanted in name)
+        def matters(name: str) -> str | None:
+            if name in names or (kernels.is_kernel_file(name) and (wanted == "" or wanted in name)):
+                return requests.RELOAD
+            return None
 
-        return {d: matters for d in sorted(dirs)}
+        watched: dict[Path, Callable[[str], str | None]] = {d: matters for d in sorted(dirs)}
+        if cfg.target is not None:
+            watched[self.run_dir] = lambda name: requests.TARGET if name == target.VERDICT else None
+        return watched
 
     def _read_config(self) -> config.Config:
         try:
@@ -460,7 +505,8 @@ class Daemon:
             for said in (target.not_sent_yet(cfg.target, str(cfg.dump_path)), key and str(key)):
                 if said:
                     journal.send(journal.WARNING, f"warning: {said}")
-                    warning = " ".join(filter(None, (warning, f"warning: {said}")))
+            if key is None:
+                self._ask_target_check()
         if size.why_one:
             journal.send(journal.NOTICE, f"capture keeps one CPU: {size.why_one}")
         if size.cpus > 1 and (unthreaded := skew.threads_refusal(makedumpfile)):
@@ -612,6 +658,11 @@ class Daemon:
             self.good.close()
         self.good = new
         loaded = self.kexec.loaded()
+        self._said = (
+            " ".join(filter(None, (warning, note, why)))
+            if loaded
+            else "the kernel accepted the crash kernel but reports none loaded"
+        )
         self._remember(new if loaded else None)
         sizes = f"kernel {human_size(new.kernel.size)}"
         if new.initrd:
@@ -643,9 +694,7 @@ class Daemon:
             CommandLine=new.cmdline,
             CaptureMode=new.mode if loaded else "",
             LastLoadUsec=now_usec(),
-            LastError=" ".join(filter(None, (warning, note, why)))
-            if loaded
-            else "the kernel accepted the crash kernel but reports none loaded",
+            LastError=self._last_error(),
         )
 
     def _remember(self, loaded: Loaded | None) -> None:
@@ -708,6 +757,7 @@ class Daemon:
         self._settle("not-loaded", "")
 
 
+_LIBC = ctypes.CDLL(None)  # the process's own libc: mallopt(3), malloc_trim(3)
 # mallopt(3) parameters
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -722,10 +772,9 @@ def _tune_malloc() -> None:
     after the capture initramfs's xz encoder (tens of MB) the next big buffers came from
     the heap and stayed there (measured in the stock guest: 41 MB anonymous memory after
     one build). A fixed threshold keeps large blocks mapped, so they are unmapped on free."""
-    libc = ctypes.CDLL(None)
-    libc.mallopt(M_ARENA_MAX, 1)
-    libc.mallopt(M_MMAP_THRESHOLD, 256 << 10)
-    libc.mallopt(M_TRIM_THRESHOLD, 1 << 20)
+    _LIBC.mallopt(M_ARENA_MAX, 1)
+    _LIBC.mallopt(M_MMAP_THRESHOLD, 256 << 10)
+    _LIBC.mallopt(M_TRIM_THRESHOLD, 1 << 20)
 
 
 def give_back_memory() -> None:
@@ -736,7 +785,7 @@ def give_back_memory() -> None:
     gc.collect() and malloc_trim)."""
     gc.collect()
     with contextlib.suppress(AttributeError):  # a libc without it (musl)
-        ctypes.CDLL(None).malloc_trim(0)
+        _LIBC.malloc_trim(0)
 
 
 def start(daemon: Daemon) -> requests.Worker:

@@ -5,19 +5,28 @@
 What is wrong with a URL is said in words an admin can act on (config.py adds the file
 and line). No passwords in URLs: ssh authenticates with the key in `ssh_key`, and knows
 the host by /etc/kdumpd/known_hosts, which `kdumpd target-setup` fills (ssh-copy-id).
-`probe` is the one place that goes over the network: `kdumpd check --target`.
+`probe` is the one place that goes over the network: `kdumpd check --target`, and
+`kdumpd target-check`, which kdumpd-target-check.service runs for the daemon.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import json
+import os
 import re
 import shlex
+import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
+
+from kdumpd import safefile
 
 KNOWN_HOSTS = Path("/etc/kdumpd/known_hosts")
 # A target that does not answer within these is unreachable: a check must end.
@@ -110,24 +119,28 @@ def parse(url: str) -> Target:
 
 
 def not_sent_yet(t: Target, dump_path: str) -> str:
-    """What kdumpd does with a target today: it parses and checks it, and saves locally."""
+    """What kdumpd does with a target today: it checks it, and saves locally."""
     return (
         f"target {t.url}: this kdumpd cannot send dumps over the network yet; "
-        f"they are saved to {dump_path} (the target is only checked for its syntax)"
+        f"they are saved to {dump_path}"
     )
 
 
-def ssh_options(t: SshTarget, key: Path, known_hosts: Path = KNOWN_HOSTS) -> list[str]:
-    """ssh's options for a target: the key alone, never a prompt, the host known before."""
+def ssh_options(
+    t: SshTarget, key: Path, known_hosts: Path = KNOWN_HOSTS, *, first_contact: bool = False
+) -> list[str]:
+    """ssh's options for a target: the key alone, never a prompt, the host known before.
+    first_contact (kdumpd target-setup): ssh-copy-id logs in once with what the user types,
+    and the host key is accepted and recorded, as ssh does when it meets a host."""
     return [
-        "-i", str(key),
         "-p", str(t.port),
-        "-o", "BatchMode=yes",
+        "-o", f"IdentityFile={key}",
+        "-o", f"BatchMode={'no' if first_contact else 'yes'}",
         "-o", "IdentitiesOnly=yes",
         "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}",
         "-o", "ServerAliveInterval=5",
         "-o", "ServerAliveCountMax=3",
-        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"StrictHostKeyChecking={'accept-new' if first_contact else 'yes'}",
         "-o", f"UserKnownHostsFile={known_hosts}",
         "-o", "LogLevel=ERROR",
     ]  # fmt: skip
@@ -185,10 +198,21 @@ _NFS = (
 
 
 @dataclass(frozen=True)
-class Probe:
+class Verdict:
+    """What a check found, as `kdumpd target-check` records it for the daemon."""
+
+    url: str
+    key: str  # the ssh key it logged in with ("" for nfs)
     ok: bool
-    message: str  # "reachable, writable, N free" or why not, naming the host
-    free_bytes: int = 0
+    message: str  # "reachable, writable, N MiB free", or why not, naming the host
+    time_usec: int = 0
+
+    def __str__(self) -> str:
+        return f"target {self.url}: {self.message}"
+
+
+def _key_used(t: Target, key: Path) -> str:
+    return str(key) if isinstance(t, SshTarget) else ""
 
 
 def _command(t: Target, key: Path, known_hosts: Path, mountpoint: str) -> list[str]:
@@ -203,31 +227,90 @@ def _command(t: Target, key: Path, known_hosts: Path, mountpoint: str) -> list[s
     ]  # fmt: skip
 
 
-def probe(t: Target, key: Path, known_hosts: Path = KNOWN_HOSTS) -> Probe:
+def _run_bounded(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str] | None:
+    """None if it did not end within `timeout`: then it and everything it started (ssh's
+    children, mount.nfs under unshare's sh) are killed, in a session of their own."""
+    with subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as child:
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()  # not its pipes: a child stuck in the kernel may hold them
+            return None
+    return subprocess.CompletedProcess(argv, child.returncode, out, err)
+
+
+def probe(t: Target, key: Path, known_hosts: Path = KNOWN_HOSTS) -> Verdict:
     """Is the target reachable and writable now? Bounded in time, whatever the network.
     ssh: with the key alone. nfs: mounted as root, where capture will mount it."""
+
+    def verdict(ok: bool, message: str) -> Verdict:
+        now = time.clock_gettime_ns(time.CLOCK_REALTIME) // 1000
+        return Verdict(t.url, _key_used(t, key), ok, message, now)
+
     with tempfile.TemporaryDirectory(prefix="kdumpd-check-") as mountpoint:
         argv = _command(t, key, known_hosts, mountpoint)
         try:
-            done = subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                timeout=PROBE_TIMEOUT_S,
-                stdin=subprocess.DEVNULL,
-            )
+            done = _run_bounded(argv, PROBE_TIMEOUT_S)
         except FileNotFoundError:
             package = "openssh-client" if argv[0] == "ssh" else "util-linux"
-            return Probe(False, f"{argv[0]} is not installed (Debian: {package})")
-        except subprocess.TimeoutExpired:
-            return Probe(False, f"{t.host}: no answer within {PROBE_TIMEOUT_S} s")
+            return verdict(False, f"{argv[0]} is not installed (Debian: {package})")
+        if done is None:
+            return verdict(False, f"{t.host}: no answer within {PROBE_TIMEOUT_S} s")
     fields = done.stdout.split()
     if done.returncode == 0 and len(fields) >= 4 and fields[3].isdigit():
-        free = int(fields[3]) * 1024
-        return Probe(True, f"{t.url}: reachable, writable, {free >> 20} MiB free", free)
+        return verdict(True, f"reachable, writable, {int(fields[3]) >> 10} MiB free")
     # 255: ssh's own failure, not the command's; 32: mount(8)'s "mount failure".
     if done.returncode == (255 if isinstance(t, SshTarget) else 32):
-        return Probe(False, f"{t.host}: {failure(t, key, done.stderr, known_hosts)}")
+        return verdict(False, f"{t.host}: {failure(t, key, done.stderr, known_hosts)}")
     said = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
     user = t.user if isinstance(t, SshTarget) else "root"
-    return Probe(False, f"{t.host}: {t.path} is not writable for {user}: {said[0][:300]}")
+    return verdict(False, f"{t.host}: {t.path} is not writable for {user}: {said[0][:300]}")
+
+
+# The daemon has no network (PrivateNetwork=yes): kdumpd-target-check.path starts the
+# check in a unit of its own when the request file appears in the daemon's run directory
+# (at each arming, and from the network hooks when an interface comes up); the verdict is
+# written beside it, and the daemon's watcher hears of it.
+CHECK_REQUEST = "target-check"
+VERDICT = "target.json"
+_VERDICT_LIMIT = 64 << 10
+
+
+def record(verdict: Verdict, path: Path) -> None:
+    """Whole or not at all: the daemon may read it at any moment."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(verdict)))
+    tmp.rename(path)
+
+
+def recall(path: Path, t: Target, key: Path) -> Verdict | None:
+    """The last verdict on this target checked with this key; None if there is none (not
+    checked yet, or checked when the config named another target or key)."""
+    try:
+        found: Any = json.loads(safefile.read(path, _VERDICT_LIMIT, follow_symlinks=False))
+        verdict = Verdict(**found)
+    except (OSError, ValueError, TypeError):
+        return None
+    if (verdict.url, verdict.key) != (t.url, _key_used(t, key)):
+        return None
+    return verdict
+
+
+def status_words(t: Target, key_problem: str, verdict: Verdict | None, dump_path: str) -> str:
+    """The target's part of the daemon's LastError: what is wrong with it, or what the last
+    check found, and where dumps go meanwhile."""
+    if key_problem:
+        found = f"warning: {key_problem}"
+    elif verdict is None:
+        found = f"target {t.url}: not checked yet (kdumpd-target-check.service checks it)"
+    else:
+        found = str(verdict) if verdict.ok else f"warning: {verdict}"
+    return f"{found} warning: {not_sent_yet(t, dump_path)}"

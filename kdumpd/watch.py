@@ -51,13 +51,14 @@ def hotplug_needs_reload(event: dict[str, str], sysroot: Path) -> bool:
 
 
 class Watcher:
-    """The event sources: `changed` hears of a watched file that changed, `hotplug` of a
-    CPU or memory change the kernel does not handle itself; both are told what happened,
-    in words for the journal."""
+    """The event sources: `changed` hears of a watched file that changed (with the kind of
+    request its directory's filter says it asks for), `hotplug` of a CPU or memory change
+    the kernel does not handle itself; both are told what happened, in words for the
+    journal."""
 
     def __init__(
         self,
-        changed: Callable[[str], None],
+        changed: Callable[[str, str], None],
         hotplug: Callable[[str], None],
         sysroot: Path = Path("/"),
     ) -> None:
@@ -67,8 +68,9 @@ class Watcher:
         self._monitors: list[Gio.FileMonitor] = []
         self._uevents: socket.socket | None = None
 
-    def watch_files(self, directories: dict[Path, Callable[[str], bool]]) -> None:
-        """Watch these directories; the filter says which file names matter."""
+    def watch_files(self, directories: dict[Path, Callable[[str], str | None]]) -> None:
+        """Watch these directories; the filter says which request a file name's change
+        asks for (None: none)."""
         for monitor in self._monitors:
             monitor.cancel()
         self._monitors = []
@@ -88,17 +90,18 @@ class Watcher:
         file: Gio.File,
         other: Gio.File | None,
         event: Gio.FileMonitorEvent,
-        matters: Callable[[str], bool],
+        matters: Callable[[str], str | None],
     ) -> None:
         if event == Gio.FileMonitorEvent.ATTRIBUTE_CHANGED:
             return  # touch or chmod: the content is the same
         names = [f.get_basename() for f in (file, other) if f is not None]
-        if any(matters(n) for n in names):
+        kinds = [kind for kind in map(matters, names) if kind]
+        if kinds:
             done = event == Gio.FileMonitorEvent.CHANGES_DONE_HINT  # the end of "changed"
             what = f"{file.get_path()} {'changed' if done else event.value_nick}"
             if event == Gio.FileMonitorEvent.RENAMED and other is not None:
                 what += f" to {other.get_path()}"
-            self._changed(what)
+            self._changed(kinds[0], what)
 
     def watch_hotplug(self) -> None:
         """Listen to the kernel's uevents for CPU and memory hotplug."""

@@ -64,7 +64,8 @@ kdumpd_check_tree() {
         conf/kdumpd.yaml conf/kdumpd.catalog conf/org.kdumpd.Kdump1.conf \
         conf/org.kdumpd.Kdump1.policy \
         conf/hooks/kernel-postinst conf/hooks/kernel-postrm \
-        conf/hooks/initramfs-post-update conf/hooks/90-kdumpd.install; do
+        conf/hooks/initramfs-post-update conf/hooks/90-kdumpd.install \
+        conf/hooks/network-up; do
         if [ ! -e "$KDUMPD_TOP/$f" ]; then
             echo "missing $f: the packages ship it" >&2
             missing=1

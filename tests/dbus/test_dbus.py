@@ -298,3 +298,42 @@ def test_a_slow_dump_path_does_not_stall_the_daemon(service: Service) -> None:
     for p in listing:
         out, err = p.communicate(timeout=60)
         assert p.returncode == 0 and out.startswith("aa{sv} "), err
+
+
+def test_the_target_s_verdict_reaches_last_error_without_a_reload(service: Service) -> None:
+    """Issue 12: the daemon asks for the check, `kdumpd target-check` (what
+    kdumpd-target-check.service runs, here by hand) makes it with the real ssh against a
+    closed loopback port, and the daemon's watcher brings the verdict to LastError."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    key = service.bus.workdir / "id_ed25519"
+    key.write_text("not a key, but the check will not get so far\n")
+    key.chmod(0o600)
+    url = f"ssh://kdump@127.0.0.1:{port}/srv/dumps"
+    service.config.write_text(f"target: {url}\nssh_key: {key}\n")
+    assert service.bus.kdumpd("reload").returncode == 0
+    before = status(service)
+    assert f"target {url}: not checked yet" in before["LastError"], before
+    run = service.sysroot / "run/kdumpd"
+    assert (run / "target-check").exists()
+
+    r = service.bus.kdumpd("target-check", "--config", str(service.config), "--run-dir", str(run))
+    refused = f"target {url}: 127.0.0.1: connection refused (no ssh server on port {port}?)"
+    assert r.returncode == 1 and refused in r.stderr, r
+    assert not (run / "target-check").exists()
+    wait_until(lambda: refused in status(service)["LastError"], 30, "the verdict")
+    after = status(service)
+    assert (
+        f"warning: {refused}" in after["LastError"] and "not checked yet" not in after["LastError"]
+    )
+    assert after["State"] == "loaded" and after["LastLoadUsec"] == before["LastLoadUsec"]
+
+    # The target gone from the config: the check removes its verdict, LastError forgets it.
+    service.config.write_text("")
+    assert service.bus.kdumpd("reload").returncode == 0
+    r = service.bus.kdumpd("target-check", "--config", str(service.config), "--run-dir", str(run))
+    assert r.returncode == 0 and not (run / "target.json").exists()
+    assert status(service)["LastError"] == ""

@@ -64,7 +64,7 @@ def test_the_command_page_names_what_help_shows(pages: Path) -> None:
     assert [c for c, _ in summaries] == commands[1].split(",")
     assert all(summary in words for _, summary in summaries)
     for command in commands[1].split(","):
-        assert f"kdumpd {command}" in text, command
+        assert f"kdumpd {command}" in words, command
         shown = _help(command)
         # the command's own part of the page: up to the next heading
         part = re.split(r"\n {0,3}(?=\S)", text.split(f"\n   {command}\n", 1)[1], maxsplit=1)[0]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kdumpd import journal, kernels, reservation
+from kdumpd import journal, kernels, requests, reservation, target
 from kdumpd.config import Config
 from tests.bzimage import bzimage, xz
 from tests.fakes import GIB, INITRD, KERNEL, MIB, Machine, V, fake_plan
@@ -494,3 +494,57 @@ def test_a_missing_ssh_key_is_a_warning_not_a_lost_crash_kernel(tmp_path: Path) 
     s = m.daemon.status
     assert s.State == "loaded" and s.CrashKernelLoaded
     assert f"warning: {m.config}:2: ssh_key: {tmp_path}/key: No such file" in s.LastError
+
+
+def test_the_target_is_checked_for_the_daemon_and_the_verdict_told(tmp_path: Path) -> None:
+    """The daemon has no network: at arming it asks (kdumpd-target-check.path starts the
+    check when the request file appears); the verdict, written later, goes into LastError
+    without a reload, and only for the target and key it was made with."""
+    m = Machine(tmp_path)
+    key = tmp_path / "key"
+    key.write_text("a key\n")
+    key.chmod(0o600)
+    url = "ssh://kdump@192.0.2.1/var/crash"
+    m.config.write_text(f"target: {url}\nssh_key: {key}\n")
+    m.daemon.reload()
+    s = m.daemon.status
+    assert s.State == "loaded" and f"target {url}: not checked yet" in s.LastError
+    request = m.daemon.run_dir / target.CHECK_REQUEST
+    assert request.exists()
+    loaded = s.LastLoadUsec
+
+    request.unlink()  # as the check does first
+    refused = target.Verdict(url, str(key), False, "192.0.2.1: permission denied: …", 7)
+    target.record(refused, m.daemon.run_dir / target.VERDICT)
+    m.daemon.serve(requests.Request(requests.TARGET, ["verdict"], False, False, 0, 0))
+    s = m.daemon.status
+    assert f"warning: target {url}: 192.0.2.1: permission denied" in s.LastError
+    assert "not checked yet" not in s.LastError and "cannot send dumps" in s.LastError
+    assert s.State == "loaded" and s.LastLoadUsec == loaded and not request.exists()
+
+    # Another key named: that verdict is not about it.
+    other = tmp_path / "other"
+    other.write_text("another key\n")
+    other.chmod(0o600)
+    m.config.write_text(f"target: {url}\nssh_key: {other}\n")
+    m.daemon.reload()
+    assert "not checked yet" in m.daemon.status.LastError and request.exists()
+
+    # No target: no words about one, no check asked for.
+    request.unlink()
+    m.config.write_text("")
+    m.daemon.reload()
+    assert m.daemon.status.LastError == "" and not request.exists()
+
+
+def test_the_verdict_file_is_watched_only_while_there_is_a_target(tmp_path: Path) -> None:
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    assert m.daemon.run_dir not in m.daemon.watch_targets()
+    m.config.write_text("target: nfs://192.0.2.1/srv/dumps\n")
+    m.daemon.reload()
+    matters = m.daemon.watch_targets()[m.daemon.run_dir]
+    assert matters(target.VERDICT) == requests.TARGET
+    assert matters(target.CHECK_REQUEST) is None and matters("loaded.json") is None
+    config_dir = m.daemon.watch_targets()[m.config.parent]
+    assert config_dir(m.config.name) == requests.RELOAD and config_dir("other") is None

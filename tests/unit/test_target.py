@@ -1,5 +1,7 @@
-"""Target URLs (kdumpd/target.py): what the SPEC allows, and words for what it does not."""
+"""Target URLs (kdumpd/target.py): what the SPEC allows, and words for what it does not;
+the check, bounded, and its verdict for the daemon."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -67,12 +69,16 @@ SSH = SshTarget("kdump", "192.0.2.1", 2222, "/srv/dumps")
 KEY = Path("/etc/kdumpd/id_ed25519")
 
 
+def _said(options: list[str]) -> list[str]:
+    pairs = list(zip(options[::2], options[1::2], strict=True))
+    assert ("-p", "2222") in pairs
+    return [v for k, v in pairs if k == "-o"]
+
+
 def test_ssh_never_prompts_and_knows_the_host_from_kdumpd_s_file() -> None:
-    options = target.ssh_options(SSH, KEY)
-    pairs = dict(zip(options[::2], options[1::2], strict=True))
-    assert pairs["-i"] == str(KEY) and pairs["-p"] == "2222"
-    said = [v for k, v in zip(options[::2], options[1::2], strict=True) if k == "-o"]
+    said = _said(target.ssh_options(SSH, KEY))
     for needed in (
+        f"IdentityFile={KEY}",
         "BatchMode=yes",
         "IdentitiesOnly=yes",
         "StrictHostKeyChecking=yes",
@@ -80,6 +86,14 @@ def test_ssh_never_prompts_and_knows_the_host_from_kdumpd_s_file() -> None:
         f"ConnectTimeout={target.CONNECT_TIMEOUT_S}",
     ):
         assert needed in said
+
+
+def test_first_contact_may_ask_and_records_the_host_key() -> None:
+    """kdumpd target-setup: ssh-copy-id logs in with a password once."""
+    said = _said(target.ssh_options(SSH, KEY, first_contact=True))
+    assert "BatchMode=no" in said and "StrictHostKeyChecking=accept-new" in said
+    assert "BatchMode=yes" not in said and "StrictHostKeyChecking=yes" not in said
+    assert "UserKnownHostsFile=/etc/kdumpd/known_hosts" in said
 
 
 @pytest.mark.parametrize(
@@ -122,3 +136,87 @@ def test_a_probe_of_a_host_that_refuses_names_it(tmp_path: Path) -> None:
     found = target.probe(t, tmp_path / "key", tmp_path / "known_hosts")
     assert not found.ok
     assert found.message == f"127.0.0.1: connection refused (no ssh server on port {port}?)"
+    assert str(found) == f"target ssh://kdump@127.0.0.1:{port}/x: {found.message}"
+    assert found.key == str(tmp_path / "key") and found.time_usec > 0
+
+
+def test_a_check_that_does_not_end_is_killed_with_all_it_started(tmp_path: Path) -> None:
+    """As mount.nfs under unshare's sh, or ssh's proxy: the grandchild goes too."""
+    import os
+    import time
+
+    pid_file = tmp_path / "pid"
+    script = f"sleep 300 & echo $! > {pid_file}; wait"
+    t0 = time.monotonic()
+    assert target._run_bounded(["sh", "-c", script], 1.0) is None
+    assert time.monotonic() - t0 < 30
+    grandchild = int(pid_file.read_text())
+    for _ in range(100):  # reaped by init, at its pace
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"sleep {grandchild} outlived the check")
+
+
+def test_a_check_that_ends_gives_what_it_said() -> None:
+    done = target._run_bounded(["sh", "-c", "echo out; echo err >&2; exit 3"], 30)
+    assert done is not None and (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
+
+
+VERDICT = target.Verdict(SSH.url, str(KEY), False, "192.0.2.1: connection refused", 1)
+
+
+def test_a_verdict_is_recalled_for_its_own_target_and_key_only(tmp_path: Path) -> None:
+    path = tmp_path / target.VERDICT
+    target.record(VERDICT, path)
+    assert target.recall(path, SSH, KEY) == VERDICT
+    assert target.recall(path, SSH, Path("/etc/kdumpd/other")) is None
+    assert target.recall(path, SshTarget("kdump", "192.0.2.1", 22, "/srv/dumps"), KEY) is None
+    nfs = NfsTarget("192.0.2.1", "/srv/dumps")
+    target.record(target.Verdict(nfs.url, "", True, "reachable, writable, 5 MiB free"), path)
+    recalled = target.recall(path, nfs, KEY)  # nfs uses no key: any will do
+    assert recalled is not None and recalled.ok
+    assert [p.name for p in tmp_path.iterdir()] == [target.VERDICT]  # no temporary left
+
+
+def test_a_verdict_file_that_is_not_one_is_no_verdict(tmp_path: Path) -> None:
+    """Never blocks, never reads without end, never raises."""
+    import os
+
+    path = tmp_path / target.VERDICT
+    for content in (b"", b"{", b"[]", b'{"url": 1}', b'{"url": "x", "bogus": 1}', b"\xff" * 9):
+        path.write_bytes(content)
+        assert target.recall(path, SSH, KEY) is None, content
+    path.write_bytes(b" " * (1 << 20))
+    assert target.recall(path, SSH, KEY) is None
+    path.unlink()
+    assert target.recall(path, SSH, KEY) is None
+    os.mkfifo(path)
+    assert target.recall(path, SSH, KEY) is None
+    path.unlink()
+    path.symlink_to("/dev/zero")
+    assert target.recall(path, SSH, KEY) is None
+
+
+@pytest.mark.parametrize(
+    ("key_problem", "verdict", "words"),
+    [
+        ("kdumpd.yaml:2: ssh_key: /k: No such file", None, "warning: kdumpd.yaml:2: ssh_key: /k"),
+        ("", None, f"target {SSH.url}: not checked yet (kdumpd-target-check.service checks it)"),
+        ("", VERDICT, f"warning: target {SSH.url}: 192.0.2.1: connection refused"),
+        (
+            "",
+            dataclasses.replace(VERDICT, ok=True, message="reachable, writable, 5 MiB free"),
+            f"target {SSH.url}: reachable, writable, 5 MiB free",
+        ),
+    ],
+)
+def test_the_daemon_s_words_on_its_target(
+    key_problem: str, verdict: target.Verdict | None, words: str
+) -> None:
+    said = target.status_words(SSH, key_problem, verdict, "/var/crash")
+    assert said.startswith(words)
+    assert said.endswith("cannot send dumps over the network yet; they are saved to /var/crash")

@@ -9,16 +9,20 @@ from pathlib import Path
 UNITS = Path(__file__).parents[2] / "units"
 
 
-def test_daemon_unit_is_hardened() -> None:
+def _exposure(unit: str) -> float:
     result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", str(UNITS / "kdumpd.service")],
+        ["systemd-analyze", "security", "--offline=true", str(UNITS / unit)],
         capture_output=True,
         text=True,
         check=False,
     )
-    match = re.search(r"Overall exposure level for kdumpd.service: ([0-9.]+)", result.stdout)
+    match = re.search(rf"Overall exposure level for {unit}: ([0-9.]+)", result.stdout)
     assert match, result.stdout + result.stderr
-    assert float(match.group(1)) <= 2.0
+    return float(match.group(1))
+
+
+def test_daemon_unit_is_hardened() -> None:
+    assert _exposure("kdumpd.service") <= 2.0
 
 
 def test_daemon_unit_keeps_what_kexec_needs() -> None:
@@ -61,3 +65,25 @@ def test_daemon_unit_arms_early_and_multi_user_waits_for_it() -> None:
     # PrivateTmp= would order it after systemd-tmpfiles-setup.service, late in sysinit.
     assert not _values(text, "PrivateTmp")
     assert _values(text, "TemporaryFileSystem") == ["/tmp:ro", "/var/tmp:ro"]
+
+
+def test_the_target_check_runs_where_the_daemon_asks_and_writes_where_it_reads() -> None:
+    """The daemon has no network; kdumpd-target-check.path and .service check for it."""
+    from kdumpd import service, target
+
+    run = Path("/") / service.RUN_DIR
+    path = (UNITS / "kdumpd-target-check.path").read_text()
+    assert _values(path, "PathExists") == [str(run / target.CHECK_REQUEST)]
+    assert _values(path, "Unit") == ["kdumpd-target-check.service"]
+    check = (UNITS / "kdumpd-target-check.service").read_text()
+    assert _values(check, "ExecStart") == ["/usr/bin/kdumpd", "target-check"]
+    assert _values(check, "ReadWritePaths") == [str(run)]
+    assert "network-online.target" in _values(check, "After")
+    assert "kdumpd-target-check.path" in _values((UNITS / "kdumpd.service").read_text(), "Wants")
+    # The daemon keeps its network sandbox.
+    assert "PrivateNetwork=yes\n" in (UNITS / "kdumpd.service").read_text()
+
+
+def test_the_target_check_unit_is_hardened() -> None:
+    """It has the network and mounts: less confined than the daemon, still narrow."""
+    assert _exposure("kdumpd-target-check.service") <= 3.0

@@ -17,6 +17,7 @@ from tests.vm.kdumpd_guest import (
     cursor,
     daemon_messages_since,
     loads_since,
+    no_more_loads,
     status,
     wait_armed,
     wait_for,
@@ -147,3 +148,17 @@ def test_a_stopped_daemon_is_restarted_by_the_watchdog(guest: Guest) -> None:
     watchdog = g.run(f"journalctl --no-pager -o cat -u kdumpd --after-cursor='{mark}'").stdout
     assert "Failed with result 'watchdog'" in watchdog, watchdog
     assert loads_since(g, mark) == []
+
+
+def test_initramfs_rebuild_reloads_once(guest: Guest) -> None:
+    """update-initramfs writes the new initrd once, at the end, and hard-links the old one
+    to .dpkg-bak: one reload. (On the tests' image: MODULES=most makes the rebuild take
+    ten minutes under TCG and writes the file no differently.)"""
+    g = guest
+    g.write_file("/etc/kdumpd/kdumpd.yaml", b"")
+    g.run("kdumpd reload")
+    before = status(g)["LastLoadUsec"]
+    mark = cursor(g)
+    g.run("update-initramfs -u -k $(uname -r)", timeout=900)
+    wait_for(g, "a reload", lambda s: s["LastLoadUsec"] > before and s["State"] == "loaded")
+    no_more_loads(g, mark, expected=1)

@@ -4,6 +4,7 @@ hotplug by itself, and a refused reload brings back the last good crash kernel."
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,8 +34,8 @@ from tests.vm.kdumpd_guest import (
 def guest(
     make_guest_module: GuestFactory, stock_image: ImagePaths, kdumpd_deb: Path
 ) -> Iterator[Guest]:
-    """A stock machine (Debian's MODULES=most initramfs): what users have, where
-    update-initramfs and kernel installs take as long as theirs do."""
+    """A stock machine (Debian's MODULES=most initramfs): what users have, where a kernel
+    install takes as long as theirs does."""
     # Capture mode system (the initrd: test) on this initramfs is recommended 288M.
     g = make_guest_module(append="crashkernel=320M", cpus=2, image=stock_image)
     g.install_deb(kdumpd_deb)
@@ -52,11 +53,13 @@ def test_kernel_install_and_removal(guest: Guest, second_kernel_deb: Path) -> No
     before = status(g)["LastLoadUsec"]
     g.copy_in(second_kernel_deb, f"/tmp/{second_kernel_deb.name}")
     mark = cursor(g)
+    t0 = time.monotonic()
     g.run(
         ["apt-get", "install", "-y", f"/tmp/{second_kernel_deb.name}"],
         timeout=900,
         env={"DEBIAN_FRONTEND": "noninteractive"},
     )
+    print(f"\napt-get install took {time.monotonic() - t0:.0f} s")
     took = wait_for(
         g, f"KernelVersion {new}", lambda s: s["KernelVersion"] == new and s["State"] == "loaded"
     )
@@ -76,11 +79,13 @@ def test_kernel_install_and_removal(guest: Guest, second_kernel_deb: Path) -> No
     assert len(reasons) == 1 and re.search(rf"initrd.img-{new}|Reload from", reasons[0])
 
     mark = cursor(g)
+    t0 = time.monotonic()
     g.run(
         ["apt-get", "remove", "-y", f"linux-image-{new}"],
         timeout=600,
         env={"DEBIAN_FRONTEND": "noninteractive"},
     )
+    print(f"apt-get remove took {time.monotonic() - t0:.0f} s")
     wait_for(
         g,
         f"fallback to {running}",
@@ -91,17 +96,6 @@ def test_kernel_install_and_removal(guest: Guest, second_kernel_deb: Path) -> No
     assert internal_errors_since(g, mark) == []
     said = f"crash kernel {new} was removed (/boot/vmlinuz-{new} is gone); loading {running}"
     assert said in daemon_messages_since(g, mark)
-
-
-def test_initramfs_rebuild_reloads_once(guest: Guest) -> None:
-    g = guest
-    g.write_file("/etc/kdumpd/kdumpd.yaml", b"")
-    g.run("kdumpd reload")
-    before = status(g)["LastLoadUsec"]
-    mark = cursor(g)
-    g.run("update-initramfs -u -k $(uname -r)", timeout=900)
-    wait_for(g, "a reload", lambda s: s["LastLoadUsec"] > before and s["State"] == "loaded")
-    no_more_loads(g, mark, expected=1)
 
 
 def test_garbage_initrd_keeps_the_last_good_crash_kernel(guest: Guest) -> None:

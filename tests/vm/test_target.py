@@ -1,9 +1,12 @@
-"""Issue 12, its first part: an ssh:// target, set up with `kdumpd target-setup` and checked
-with `kdumpd check --target`, against a second guest running Debian's openssh-server.
+"""Issue 12, its first part: ssh:// and nfs:// targets, set up with `kdumpd target-setup`
+and checked with `kdumpd check --target`, against a second guest running Debian's
+openssh-server and nfs-kernel-server. The daemon has no network of its own: at arming it
+has kdumpd-target-check.service check the target (on the real systemd), and LastError
+tells the verdict. Sending a dump over the network is not built yet.
 
 The two guests share one QEMU socket network carried on 127.0.0.1 (the server listens, the
 client connects) and have no other network interface; their addresses are from
-192.0.2.0/24, a documentation range. Sending a dump over it is not built yet."""
+192.0.2.0/24, a documentation range."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from tests.vm import debs
 from tests.vm.conftest import derived_image
 from tests.vm.guest import Guest, GuestFactory
 from tests.vm.image import ImagePaths
-from tests.vm.kdumpd_guest import wait_armed
+from tests.vm.kdumpd_guest import status, wait_armed, wait_for
 
 SERVER, CLIENT = "192.0.2.1", "192.0.2.2"
 URL = f"ssh://kdump@{SERVER}/home/kdump/dumps"
@@ -44,6 +47,12 @@ def _address(g: Guest, address: str) -> None:
     nic = g.run("ls /sys/class/net | grep -v '^lo$'").stdout.split()
     assert len(nic) == 1, nic
     g.run(f"busybox ip addr add {address}/24 dev {nic[0]} && busybox ip link set {nic[0]} up")
+
+
+def _daemon_says(g: Guest, *words: str) -> str:
+    """Until the daemon's LastError has all these words (its target's verdict came)."""
+    wait_for(g, f"LastError with {words}", lambda s: all(w in s["LastError"] for w in words))
+    return str(status(g)["LastError"])
 
 
 def _check_target(g: Guest) -> tuple[int, str]:
@@ -123,13 +132,16 @@ def test_an_ssh_target_is_set_up_and_checked_before_any_crash(pair: tuple[Guest,
     server.write_file("/home/kdump/.ssh/authorized_keys", public, 0o600)
     server.run("chown kdump:kdump /home/kdump/.ssh/authorized_keys")
     setup = client.run("kdumpd target-setup", check=False, timeout=180)
-    assert setup.rc == 0 and f"target: {URL}: reachable, writable" in setup.stdout, setup
+    assert setup.rc == 0 and f"target {URL}: reachable, writable" in setup.stdout, setup
     rc, said = _check_target(client)
-    assert f"target: {URL}: reachable, writable, " in said and "error" not in said, said
+    assert f"target {URL}: reachable, writable, " in said and "error" not in said, said
     assert server.run("stat -c %U /home/kdump/dumps").stdout.strip() == "kdump"
     assert server.run("ls -A /home/kdump/dumps").stdout == ""  # the probe's file is gone
     # Not sent yet, and said so.
     assert "cannot send dumps over the network yet" in said
+    # The daemon had it checked when it armed.
+    client.run("kdumpd reload")
+    _daemon_says(client, f"target {URL}: reachable, writable, ")
 
     # A key the server does not know.
     client.run("ssh-keygen -q -t ed25519 -N '' -f /etc/kdumpd/other")
@@ -138,12 +150,24 @@ def test_an_ssh_target_is_set_up_and_checked_before_any_crash(pair: tuple[Guest,
     )
     rc, said = _check_target(client)
     assert rc == 1 and f"{SERVER}: permission denied" in said and "/etc/kdumpd/other" in said
+    # The config's change armed again, and the check at arming found it too.
+    said = _daemon_says(client, f"warning: target {URL}: {SERVER}: permission denied", "other")
+    assert status(client)["State"] == "loaded"
+    check = "kdumpd-target-check.service"
+    assert client.run(f"systemctl is-failed {check}", check=False).stdout.strip() == "failed"
 
-    # The server's sshd stopped: refused, named.
-    client.write_file("/etc/kdumpd/kdumpd.yaml", f"target: {URL}\n".encode())
+    # The server's sshd stopped: refused, named, by the check and at arming.
     server.run("systemctl stop ssh.service")
+    client.write_file("/etc/kdumpd/kdumpd.yaml", f"target: {URL}\n".encode())
     rc, said = _check_target(client)
     assert rc == 1 and f"{SERVER}: connection refused (no ssh server on port 22?)" in said, said
+    _daemon_says(client, f"warning: target {URL}: {SERVER}: connection refused")
+    assert status(client)["State"] == "loaded"
+
+    # Back, and an interface comes up (ifupdown runs its if-up.d hooks so): checked again.
+    server.run("systemctl start ssh.service")
+    client.run("IFACE=eth0 MODE=start PHASE=post-up /etc/network/if-up.d/kdumpd")
+    _daemon_says(client, f"target {URL}: reachable, writable, ")
 
 
 def test_an_nfs_target_is_checked_before_any_crash(pair: tuple[Guest, Guest]) -> None:
@@ -161,7 +185,10 @@ def test_an_nfs_target_is_checked_before_any_crash(pair: tuple[Guest, Guest]) ->
     server.write_file("/etc/exports", f"/srv/dumps {CLIENT}/32(rw,no_root_squash,sync)\n".encode())
     server.run("exportfs -ra")
     rc, said = _check_target(client)
-    assert f"target: {NFS_URL}: reachable, writable, " in said and "error" not in said, said
+    assert f"target {NFS_URL}: reachable, writable, " in said and "error" not in said, said
+    # The daemon's check mounts it too, in kdumpd-target-check.service's sandbox.
+    client.run("kdumpd reload")
+    _daemon_says(client, f"target {NFS_URL}: reachable, writable, ")
     assert server.run("ls -A /srv/dumps").stdout == ""  # the probe's file is gone
     assert client.run("grep -c ' nfs' /proc/mounts", check=False).stdout.strip() == "0"
 
