@@ -16,7 +16,7 @@ from kdumpd.kernels import version_key
 # Absolute imports, as the test modules use: one copy of each module, whatever pytest names us.
 from tests.vm import debs
 from tests.vm.guest import BootOptions, Guest, GuestFactory
-from tests.vm.image import ImagePaths, ensure_image, locked
+from tests.vm.image import TRIXIE, ImagePaths, ensure_image, locked
 
 VM_DIR = Path(__file__).parent
 GUESTS = pytest.StashKey[list[Guest]]()
@@ -54,6 +54,12 @@ def vm_image() -> ImagePaths:
 def stock_image() -> ImagePaths:
     """The image with Debian's default initramfs (MODULES=most), as users have it."""
     return ensure_image(stock=True)
+
+
+@pytest.fixture(scope="session")
+def trixie_image() -> ImagePaths:
+    """Debian 13, as debootstrap and linux-image-amd64 leave it (its default initramfs)."""
+    return ensure_image(stock=True, suite=TRIXIE)
 
 
 def _factory(

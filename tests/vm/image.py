@@ -2,7 +2,8 @@
 
 The image lives outside the repository, under ``/var/cache/kdumpd-tests/<key>/``, where
 ``<key>`` hashes everything that shapes it (this file included), so editing the recipe
-rebuilds it and nothing else does.  Run ``python -m tests.vm.image`` to build and print it.
+rebuilds it and nothing else does.  Run ``python -m tests.vm.image [SUITE]`` to build and
+print it (SUITE: bookworm, the default, or trixie).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-SUITE = "bookworm"
+SUITE = "bookworm"  # Debian 12: every VM test
+TRIXIE = "trixie"  # Debian 13: the core, capture and reload set (tests/vm/test_trixie.py)
+SUITES = (SUITE, TRIXIE)
 DISK_SIZE = "3G"
 HOSTNAME = "kdumpd-guest"
 TEST_USER = "tester"
@@ -87,10 +90,10 @@ class ImageBuildError(RuntimeError):
     pass
 
 
-def image_key(stock: bool = False) -> str:
+def image_key(stock: bool = False, suite: str = SUITE) -> str:
     h = hashlib.sha256()
     h.update(Path(__file__).read_bytes())
-    h.update("\0".join((SUITE, DISK_SIZE, *PACKAGES, "stock" if stock else "")).encode())
+    h.update("\0".join((suite, DISK_SIZE, *PACKAGES, "stock" if stock else "")).encode())
     return h.hexdigest()[:16]
 
 
@@ -119,13 +122,23 @@ def _deb822_stanzas(text: str) -> Iterator[dict[str, str]]:
             yield fields
 
 
-def debian_mirror() -> str:
-    """The host's own apt mirror for SUITE; never hard-coded so no hostname lives in the repo."""
+def debian_mirror(suite: str = SUITE) -> str:
+    """The host's own apt mirror for `suite`, else the one it has for SUITE (one archive holds
+    every release); never hard-coded so no hostname lives in the repo."""
+    try:
+        return _host_mirror(suite)
+    except ImageBuildError:
+        if suite == SUITE:
+            raise
+        return _host_mirror(SUITE)
+
+
+def _host_mirror(suite: str) -> str:
     for src in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
         for st in _deb822_stanzas(src.read_text()):
             if (
                 "deb" in st.get("types", "").split()
-                and SUITE in st.get("suites", "").split()
+                and suite in st.get("suites", "").split()
                 and st.get("enabled", "yes").lower() != "no"
             ):
                 uris = st.get("uris", "").split()
@@ -137,9 +150,9 @@ def debian_mirror() -> str:
             continue
         for line in lst.read_text().splitlines():
             words = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
-            if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
+            if len(words) >= 3 and words[0] == "deb" and words[2] == suite:
                 return words[1]
-    raise ImageBuildError(f"no apt source for suite {SUITE!r} in /etc/apt (needed by debootstrap)")
+    raise ImageBuildError(f"no apt source for suite {suite!r} in /etc/apt (needed by debootstrap)")
 
 
 def _run(cmd: Sequence[str | Path], what: str) -> None:
@@ -173,7 +186,7 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _configure_rootfs(root: Path, stock: bool) -> None:
+def _configure_rootfs(root: Path, stock: bool, suite: str) -> None:
     etc = root / "etc"
     (etc / "fstab").write_text("/dev/vda / ext4 rw,errors=remount-ro 0 1\n")
     (etc / "hostname").write_text(HOSTNAME + "\n")
@@ -183,7 +196,7 @@ def _configure_rootfs(root: Path, stock: bool) -> None:
     for extra in (etc / "apt" / "sources.list.d").glob("*"):
         extra.unlink()
     # A fixed machine-id avoids systemd's first-boot path (preset-all, id commit) on every boot.
-    machine_id = hashlib.sha256(image_key(stock).encode()).hexdigest()[:32]
+    machine_id = hashlib.sha256(image_key(stock, suite).encode()).hexdigest()[:32]
     (etc / "machine-id").write_text(machine_id + "\n")
     _run(
         ["chroot", root, "useradd", "-m", "-u", str(TEST_UID), "-U", "-s", "/bin/sh", TEST_USER],
@@ -226,18 +239,18 @@ def _configure_rootfs(root: Path, stock: bool) -> None:
     (root / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
 
 
-def _build(out: Path, stock: bool) -> None:
+def _build(out: Path, stock: bool, suite: str) -> None:
     root = out / "rootfs"
-    mirror = debian_mirror()
+    mirror = debian_mirror(suite)
     env_proxy = os.environ.get("http_proxy") or os.environ.get("HTTP_PROXY")
-    _log(f"debootstrap {SUITE} ({len(PACKAGES)} packages){' via proxy' if env_proxy else ''}")
+    _log(f"debootstrap {suite} ({len(PACKAGES)} packages){' via proxy' if env_proxy else ''}")
     t0 = time.monotonic()
     cmd: list[str | Path] = [
         "debootstrap",
         "--variant=minbase",
         "--components=main",
         "--include=" + ",".join(PACKAGES),
-        SUITE,
+        suite,
         root,
         mirror,
     ]
@@ -250,7 +263,7 @@ def _build(out: Path, stock: bool) -> None:
             raise ImageBuildError(f"{exc}\n--- debootstrap.log ---\n{tail}") from None
         raise
     _log(f"debootstrap done in {time.monotonic() - t0:.0f}s")
-    _configure_rootfs(root, stock)
+    _configure_rootfs(root, stock, suite)
     kernels = sorted((root / "boot").glob("vmlinuz-*"))
     initrds = sorted((root / "boot").glob("initrd.img-*"))
     if len(kernels) != 1 or len(initrds) != 1:
@@ -325,12 +338,12 @@ def _hold(key: str) -> bool:
     return True
 
 
-def ensure_image(stock: bool = False) -> ImagePaths:
+def ensure_image(stock: bool = False, suite: str = SUITE) -> ImagePaths:
     """Return the cached image for the current recipe, building it first if needed.
     stock: the initramfs as Debian configures it (MODULES=most), not cut down for speed.
 
     The image stays locked (shared) for the life of this process."""
-    key = image_key(stock)
+    key = image_key(stock, suite)
     final = CACHE_ROOT / key
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
     while not _hold(key):
@@ -341,21 +354,23 @@ def ensure_image(stock: bool = False) -> ImagePaths:
             tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=CACHE_ROOT))
             t0 = time.monotonic()
             try:
-                _build(tmp, stock)
+                _build(tmp, stock, suite)
                 tmp.chmod(0o755)  # mkdtemp made it 0700
                 os.rename(tmp, final)  # atomic: the key dir is either complete or absent
             except BaseException:
                 _remove_tree(tmp)
                 raise
             _log(f"image {key} built in {time.monotonic() - t0:.0f}s")
-    _prune_old_images({image_key(False), image_key(True)})
+    _prune_old_images({image_key(s, suite) for s in (False, True) for suite in SUITES})
     return _paths(final)
 
 
 def main() -> int:
+    suite = sys.argv[1] if len(sys.argv) > 1 else SUITE
     try:
-        ensure_image(stock=True)
-        paths = ensure_image()
+        if suite == SUITE:
+            ensure_image(stock=True)
+        paths = ensure_image(suite=suite)
     except ImageBuildError as exc:
         print(f"image build failed: {exc}", file=sys.stderr)
         return 1
