@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import subprocess
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
@@ -142,14 +141,6 @@ def kernel_release(vmlinuz: Path) -> str:
     return data[0x200 + offset :].split(b" ", 1)[0].decode()
 
 
-def _apt_packages(pattern: str) -> list[str]:
-    """Package names the host's apt knows that match this regular expression."""
-    out = subprocess.run(
-        ["apt-cache", "search", "--names-only", pattern], capture_output=True, text=True, check=True
-    ).stdout
-    return [line.split(" ", 1)[0] for line in out.splitlines() if line]
-
-
 @pytest.fixture(scope="session")
 def second_kernel_deb(vm_image: ImagePaths) -> Path:
     """A newer Debian kernel package than the image's own, fetched once with apt-get download.
@@ -157,7 +148,7 @@ def second_kernel_deb(vm_image: ImagePaths) -> Path:
     Newer, because the tests install it and expect kdumpd's "latest" kernel choice to follow."""
     running = kernel_release(vm_image.kernel)
     abi = int(running.split("-")[1])  # 6.1.0-50-amd64 -> 50
-    names = _apt_packages(r"^linux-image-6\.1\.0-[0-9]+-amd64$")
+    names = debs.search(r"^linux-image-6\.1\.0-[0-9]+-amd64$")
     abis = sorted(int(n.split("-")[3]) for n in names)  # linux-image-6.1.0-56-amd64 -> 56
     candidates = [f"linux-image-6.1.0-{n}-amd64" for n in abis if n > abi]
     if not candidates:
@@ -166,6 +157,18 @@ def second_kernel_deb(vm_image: ImagePaths) -> Path:
             "(run apt-get update on the host)"
         )
     return debs.download(candidates[-1])
+
+
+@pytest.fixture(scope="session")
+def trixie_kernel_deb(trixie_image: ImagePaths) -> Path:
+    """A newer Debian 13 kernel package than the trixie image's (trixie-security has one)."""
+    running = kernel_release(trixie_image.kernel)  # 6.12.117+deb13-amd64
+
+    names = debs.search(r"^linux-image-6\.12\.[0-9]+\+deb13-amd64$", TRIXIE)
+    newer = [n for n in names if version_key(n) > version_key(f"linux-image-{running}")]
+    if not newer:
+        pytest.fail(f"apt knows no Debian 13 kernel package newer than {running}")
+    return debs.download(max(newer, key=version_key), TRIXIE)
 
 
 def derived_image(
@@ -209,7 +212,7 @@ def crash_hotplug_image(
     """The image with Debian 12's newer kernel series installed (linux-image-6.12.*+deb12,
     from bookworm-security), whose crash_hotplug files exist: 6.1 has none. Made once
     (dpkg and update-initramfs take minutes under TCG), keyed by the package file."""
-    names = _apt_packages(r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$")
+    names = debs.search(r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$")
     if not names:
         pytest.fail("apt knows no linux-image-6.12.*+deb12-amd64 (run apt-get update on the host)")
     deb = debs.download(max(names, key=version_key))

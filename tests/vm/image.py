@@ -123,14 +123,16 @@ def _deb822_stanzas(text: str) -> Iterator[dict[str, str]]:
 
 
 def debian_mirror(suite: str = SUITE) -> str:
-    """The host's own apt mirror for `suite`, else the one it has for SUITE (one archive holds
-    every release); never hard-coded so no hostname lives in the repo."""
+    """The host's own apt mirror for `suite` ("trixie", "trixie-security"), else the one it
+    has for SUITE's counterpart ("bookworm-security": one archive holds every release);
+    never hard-coded so no hostname lives in the repo."""
     try:
         return _host_mirror(suite)
     except ImageBuildError:
-        if suite == SUITE:
+        release, dash, pocket = suite.partition("-")
+        if release == SUITE:
             raise
-        return _host_mirror(SUITE)
+        return _host_mirror(SUITE + dash + pocket)
 
 
 def _host_mirror(suite: str) -> str:

@@ -1,7 +1,7 @@
 """Issue 14, its first part: Debian 13 (trixie: Linux 6.12, systemd 257, makedumpfile
 1.7.6, crash_hotplug on), from debootstrap with the distribution's default initramfs. The
-package built here installs with trixie's own dependencies, arms, and a crash is captured
-and listed after the reboot."""
+package built here installs with trixie's own dependencies, arms, a crash is captured and
+listed after the reboot, and a kernel package install reloads once."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from tests.vm.image import ImagePaths
 from tests.vm.kdumpd_guest import (
     crash_and_come_back,
     crash_loaded,
+    cursor,
+    install_kernel_package,
+    loaded_once_after_install,
     other_errors,
     status,
     wait_armed,
@@ -63,3 +66,15 @@ def test_a_crash_on_trixie_is_captured_and_listed(guest: Guest) -> None:
     assert dump["Complete"] is True and dump["PanicMessage"] == "sysrq triggered crash"
     assert dump["KernelVersion"] == g.run("uname -r").stdout.strip()
     assert dump["SizeBytes"] > 1 << 20
+
+
+def test_a_kernel_package_install_on_trixie_reloads_once(
+    guest: Guest, trixie_kernel_deb: Path
+) -> None:
+    """Debian 13's newer kernel from trixie-security, installed with apt: one reload."""
+    g = guest
+    g.write_file("/etc/kdumpd/kdumpd.yaml", b"kernel: latest\n")
+    g.run("kdumpd reload")
+    assert status(g)["KernelVersion"] == g.run("uname -r").stdout.strip()
+    mark = cursor(g)
+    loaded_once_after_install(g, mark, install_kernel_package(g, trixie_kernel_deb))
