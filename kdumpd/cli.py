@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -259,9 +260,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+RUN_DIR = Path("/run/kdumpd")  # the daemon's (service.RUN_DIR): it reads the verdict there
+
+
+def _tell_the_daemon(found: target.Verdict) -> None:
+    """A check made here is news for a running daemon too (its LastError tells the last
+    one): after target-setup installed the key, say. Not for a user who cannot write there."""
+    if RUN_DIR.is_dir():
+        with contextlib.suppress(OSError):
+            target.record(found, RUN_DIR / target.VERDICT)
+
+
 def _target_problems(t: target.Target, key: Path) -> list[str]:
     """`kdumpd check --target`: over the network, now."""
     found = target.probe(t, key)
+    _tell_the_daemon(found)
     if not found.ok:
         return [str(found)]
     print(found)
@@ -275,7 +288,10 @@ def cmd_target_check(args: argparse.Namespace) -> int:
     run = Path(args.run_dir)
     # First: a request that comes while this one runs is another check.
     (run / target.CHECK_REQUEST).unlink(missing_ok=True)
-    cfg = config.load(args.config)  # the daemon says what is wrong with it
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as e:  # the daemon's LastError says so too
+        raise UserError(f"configuration error: {e}") from None
     verdict_path = run / target.VERDICT
     if cfg.target is None:
         verdict_path.unlink(missing_ok=True)
@@ -285,7 +301,10 @@ def cmd_target_check(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_ERROR
     found = target.probe(cfg.target, cfg.ssh_key)
-    target.record(found, verdict_path)
+    try:
+        target.record(found, verdict_path)
+    except OSError as e:
+        raise UserError(f"cannot record the verdict in {verdict_path}: {e.strerror}") from None
     print(found if found.ok else f"error: {found}", file=sys.stdout if found.ok else sys.stderr)
     return EXIT_OK if found.ok else EXIT_ERROR
 
@@ -321,6 +340,7 @@ def cmd_target_setup(args: argparse.Namespace) -> int:
     if copied.returncode != 0:
         raise UserError(f"ssh-copy-id could not install {key}.pub for {t.user}@{t.host}")
     found = target.probe(t, key)
+    _tell_the_daemon(found)
     print(found)
     return EXIT_OK if found.ok else EXIT_ERROR
 
@@ -516,7 +536,7 @@ def parser() -> argparse.ArgumentParser:
         "(what kdumpd-target-check.service runs)",
     )
     s.add_argument("--config", **config_arg)
-    s.add_argument("--run-dir", default="/run/kdumpd", help="where the daemon reads the verdict")
+    s.add_argument("--run-dir", default=str(RUN_DIR), help="where the daemon reads the verdict")
     s.set_defaults(func=cmd_target_check)
 
     s = sub.add_parser(

@@ -30,7 +30,7 @@ from gi.repository import Gio, GLib
 from pydbus import SystemBus
 
 from kdumpd import UserError, capture, config, dumps, journal, requests
-from kdumpd.requests import BUILD, RELOAD, TEST, UNLOAD
+from kdumpd.requests import BUILD, RELOAD, TARGET, TEST, UNLOAD
 from kdumpd.service import Daemon, Status
 from kdumpd.watch import Watcher
 
@@ -377,7 +377,9 @@ class KdumpObject:
         self._authorizer = Authorizer(connection, auth_timeout_s)
         self._ready = False
         self.watcher = Watcher(
-            lambda kind, why: self._requests.put(kind, why, quiet=requests.QUIET_S),
+            lambda kind, why: self._requests.put(
+                kind, why, quiet=requests.QUIET_S if kind == RELOAD else 0.0
+            ),
             lambda why: self.request_reload(why, hardware=True),
             daemon.sysroot,
         )
@@ -445,10 +447,13 @@ class KdumpObject:
             self._requests.put(RELOAD, why, asked=True, quiet=requests.ASKED_QUIET_S)
 
     def served(self) -> None:
-        """After each request (on the main loop): watch what the loaded kernel came from,
-        tell systemd, and build the capture initramfs the last load had to do without."""
+        """After each request (on the main loop): watch what the loaded kernel came from (and
+        the target's verdict), tell systemd, and build the capture initramfs the last load had
+        to do without."""
         self._ready = True
         self.watcher.watch_files(self._daemon.watch_targets())
+        if self._daemon.verdict_unread():  # written before the watch was there again
+            self._requests.put(TARGET, "the target's verdict")
         journal.notify(READY="1", STATUS=_status_words(self._daemon.status))
         if self._daemon.unbuilt is not None and not self._requests.busy():
             self._requests.put(BUILD, "the capture initramfs is to be built")

@@ -7,14 +7,15 @@ first load at start, the capture initramfs once it is built). The worker serves 
 at a time in the order they came. The one liberty taken is coalescing: a reload merges
 into a reload queued just before it (a kernel package writes the image, then the
 initrd, then runs two hooks: one load, after a quiet while), and an unload drops the
-reloads queued before it, which it would undo anyway.
+reloads queued before it, which it would undo anyway. A target's verdict (its check runs
+in kdumpd-target-check.service) only changes LastError: reloads merge across it.
 
 Whether a reload loads when no file changed is decided when it is asked for: a person's
 or a hook's request does, except when it came while a reload was running (that load has
 read, or is reading, the files the asker changed; only files changed since then load
 again); a hotplug event always does (the memory map changed, not the files); a file
 event never does. Nothing is counted: the daemon's State is "loading" exactly while the
-queue holds or serves something.
+queue holds or serves something other than a target's verdict.
 
 Nothing here knows about GLib or D-Bus; the clock is injectable for the tests.
 """
@@ -72,10 +73,11 @@ class Queue:
             now = self.clock()
             reloading = self.running is not None and self.running.kind == RELOAD
             must = must or (asked and not reloading)
-            last = self._waiting[-1] if self._waiting else None
             if kind == UNLOAD:
                 self._waiting = [r for r in self._waiting if r.kind != RELOAD]
-                last = self._waiting[-1] if self._waiting else None
+            # A target's verdict only changes LastError: reloads merge across it.
+            others = [r for r in self._waiting if kind == TARGET or r.kind != TARGET]
+            last = others[-1] if others else None
             if last and last.kind == kind and kind != BUILD:
                 if why not in last.why:
                     last.why.append(why)
@@ -88,8 +90,10 @@ class Queue:
         self.on_change()
 
     def busy(self) -> bool:
+        """Something that loads, unloads, builds or tests is queued or served (a target's
+        verdict is none of these: State stays what it was)."""
         with self._cond:
-            return self.running is not None or bool(self._waiting)
+            return any(r.kind != TARGET for r in (self.running, *self._waiting) if r)
 
     def waiting(self) -> list[Request]:
         with self._cond:

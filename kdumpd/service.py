@@ -157,6 +157,8 @@ class Daemon:
         self.requests = requests.Queue(on_change=self._publish)
         self._outcome = self.status.State  # how the last request ended
         self._said = ""  # what the last load or unload had to say, for LastError
+        self._check_asked = 0  # when this daemon last asked for the target's check (µs)
+        self._verdict_read: tuple[int, ...] = ()  # the verdict file LastError was made from
         self._attempt: Identity | None = None  # the files the last reload read
         self._began = 0.0  # when the reload under way began, by the monotonic clock
         # Set once the first request needs the CPU no more: inside kexec_file_load (which
@@ -351,9 +353,24 @@ class Daemon:
         if cfg is None or cfg.target is None:
             return self._said
         problem = config.ssh_key_problem(cfg)
+        self._verdict_read = self._verdict_identity()
         verdict = None if problem else target.recall(self._verdict, cfg.target, cfg.ssh_key)
-        words = target.status_words(cfg.target, str(problem or ""), verdict, str(cfg.dump_path))
+        words = target.status_words(
+            cfg.target, str(problem or ""), verdict, self._check_asked, str(cfg.dump_path)
+        )
         return " ".join(filter(None, (self._said, words)))
+
+    def _verdict_identity(self) -> tuple[int, ...]:
+        try:
+            return safefile.identity(self._verdict.lstat())
+        except OSError:
+            return ()
+
+    def verdict_unread(self) -> bool:
+        """A verdict came that LastError does not tell yet (written while the watches were
+        being set up again, say)."""
+        cfg = self.config
+        return bool(cfg and cfg.target) and self._verdict_identity() != self._verdict_read
 
     @property
     def _verdict(self) -> Path:
@@ -361,6 +378,7 @@ class Daemon:
 
     def _ask_target_check(self) -> None:
         """kdumpd-target-check.path starts the check when this file appears."""
+        self._check_asked = target.now_usec()
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / target.CHECK_REQUEST).touch()

@@ -205,7 +205,7 @@ class Verdict:
     key: str  # the ssh key it logged in with ("" for nfs)
     ok: bool
     message: str  # "reachable, writable, N MiB free", or why not, naming the host
-    time_usec: int = 0
+    time_usec: int = 0  # when the check began (CLOCK_REALTIME)
 
     def __str__(self) -> str:
         return f"target {self.url}: {self.message}"
@@ -225,6 +225,15 @@ def _command(t: Target, key: Path, known_hosts: Path, mountpoint: str) -> list[s
         "unshare", "--mount", "--propagation", "private", "--",
         "sh", "-c", script, "kdumpd-check", f"{host}:{t.path}", mountpoint,
     ]  # fmt: skip
+
+
+def now_usec() -> int:
+    return time.clock_gettime_ns(time.CLOCK_REALTIME) // 1000
+
+
+def _printable(text: str) -> str:
+    """What the server printed goes into LastError and the journal: no terminal escapes."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _run_bounded(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str] | None:
@@ -251,9 +260,10 @@ def probe(t: Target, key: Path, known_hosts: Path = KNOWN_HOSTS) -> Verdict:
     """Is the target reachable and writable now? Bounded in time, whatever the network.
     ssh: with the key alone. nfs: mounted as root, where capture will mount it."""
 
+    began = now_usec()
+
     def verdict(ok: bool, message: str) -> Verdict:
-        now = time.clock_gettime_ns(time.CLOCK_REALTIME) // 1000
-        return Verdict(t.url, _key_used(t, key), ok, message, now)
+        return Verdict(t.url, _key_used(t, key), ok, _printable(message), began)
 
     with tempfile.TemporaryDirectory(prefix="kdumpd-check-") as mountpoint:
         argv = _command(t, key, known_hosts, mountpoint)
@@ -299,18 +309,28 @@ def recall(path: Path, t: Target, key: Path) -> Verdict | None:
         verdict = Verdict(**found)
     except (OSError, ValueError, TypeError):
         return None
+    words = (verdict.url, verdict.key, verdict.message)
+    if not all(type(w) is str for w in words) or type(verdict.ok) is not bool:
+        return None
+    if type(verdict.time_usec) is not int:
+        return None
     if (verdict.url, verdict.key) != (t.url, _key_used(t, key)):
         return None
     return verdict
 
 
-def status_words(t: Target, key_problem: str, verdict: Verdict | None, dump_path: str) -> str:
+def status_words(
+    t: Target, key_problem: str, verdict: Verdict | None, asked_usec: int, dump_path: str
+) -> str:
     """The target's part of the daemon's LastError: what is wrong with it, or what the last
-    check found, and where dumps go meanwhile."""
+    check found (and whether one asked for at `asked_usec` is still to come), and where
+    dumps go meanwhile."""
     if key_problem:
         found = f"warning: {key_problem}"
     elif verdict is None:
         found = f"target {t.url}: not checked yet (kdumpd-target-check.service checks it)"
     else:
         found = str(verdict) if verdict.ok else f"warning: {verdict}"
+        if verdict.time_usec < asked_usec:
+            found += " (that was the last check; kdumpd-target-check.service checks it again)"
     return f"{found} warning: {not_sent_yet(t, dump_path)}"

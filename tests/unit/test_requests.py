@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 from kdumpd import requests
-from kdumpd.requests import BUILD, RELOAD, UNLOAD, Queue
+from kdumpd.requests import BUILD, RELOAD, TARGET, UNLOAD, Queue
 
 
 class Clock:
@@ -132,3 +132,29 @@ def test_the_worker_serves_in_order_and_says_when_it_is_stuck() -> None:
     release.set()
     assert done.wait(30)
     assert served == ["bug", "after the bug", "hang"]
+
+
+def test_a_target_s_verdict_neither_splits_reloads_nor_counts_as_loading() -> None:
+    """A verdict that lands during a kernel install: still one reload, and State is not
+    "loading" for a verdict alone."""
+    q, clock = _queue()
+    seen: list[bool] = []
+    q.on_change = lambda: seen.append(q.busy())
+    q.put(TARGET, "verdict")
+    assert not q.busy() and seen == [False]
+    q.put(RELOAD, "image written", quiet=2.0)
+    q.put(TARGET, "verdict again")
+    q.put(RELOAD, "Reload from hook", asked=True, quiet=0.5)
+    kinds = [(r.kind, r.why) for r in q.waiting()]
+    assert kinds == [
+        (TARGET, ["verdict"]),
+        (RELOAD, ["image written", "Reload from hook"]),
+        (TARGET, ["verdict again"]),
+    ]
+    r = q.take(timeout=0)
+    assert r is not None and r.kind == TARGET and q.busy()  # the reload still waits
+    q.done()
+    clock.now += 2.0
+    r = _serve(q)
+    assert r is not None and r.kind == RELOAD and r.must and not q.busy()
+    assert _serve(q) is not None and not q.busy() and not q.waiting()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import subprocess
 import sys
@@ -514,11 +515,22 @@ def test_the_target_is_checked_for_the_daemon_and_the_verdict_told(tmp_path: Pat
     loaded = s.LastLoadUsec
 
     request.unlink()  # as the check does first
-    refused = target.Verdict(url, str(key), False, "192.0.2.1: permission denied: …", 7)
+    assert not m.daemon.verdict_unread()
+    refused = target.Verdict(url, str(key), False, "192.0.2.1: permission denied", 7)
     target.record(refused, m.daemon.run_dir / target.VERDICT)
+    assert m.daemon.verdict_unread()  # the D-Bus layer then queues a TARGET request
     m.daemon.serve(requests.Request(requests.TARGET, ["verdict"], False, False, 0, 0))
     s = m.daemon.status
-    assert f"warning: target {url}: 192.0.2.1: permission denied" in s.LastError
+    assert not m.daemon.verdict_unread()
+    # Begun before the daemon asked: the last check, not the answer to this arming.
+    said = f"warning: target {url}: 192.0.2.1: permission denied (that was the last check;"
+    assert said in s.LastError
+    target.record(
+        dataclasses.replace(refused, time_usec=target.now_usec()), request.parent / target.VERDICT
+    )
+    m.daemon.serve(requests.Request(requests.TARGET, ["verdict"], False, False, 0, 0))
+    s = m.daemon.status
+    assert f"warning: target {url}: 192.0.2.1: permission denied warning:" in s.LastError
     assert "not checked yet" not in s.LastError and "cannot send dumps" in s.LastError
     assert s.State == "loaded" and s.LastLoadUsec == loaded and not request.exists()
 

@@ -2,6 +2,7 @@
 the check, bounded, and its verdict for the daemon."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -187,7 +188,16 @@ def test_a_verdict_file_that_is_not_one_is_no_verdict(tmp_path: Path) -> None:
     import os
 
     path = tmp_path / target.VERDICT
-    for content in (b"", b"{", b"[]", b'{"url": 1}', b'{"url": "x", "bogus": 1}', b"\xff" * 9):
+    ok_is_a_string = json.dumps({**dataclasses.asdict(VERDICT), "ok": "false"}).encode()
+    for content in (
+        b"",
+        b"{",
+        b"[]",
+        b'{"url": 1}',
+        b'{"url": "x", "bogus": 1}',
+        b"\xff" * 9,
+        ok_is_a_string,
+    ):
         path.write_bytes(content)
         assert target.recall(path, SSH, KEY) is None, content
     path.write_bytes(b" " * (1 << 20))
@@ -201,22 +211,31 @@ def test_a_verdict_file_that_is_not_one_is_no_verdict(tmp_path: Path) -> None:
     assert target.recall(path, SSH, KEY) is None
 
 
+REACHABLE = dataclasses.replace(VERDICT, ok=True, message="reachable, writable, 5 MiB free")
+
+
 @pytest.mark.parametrize(
-    ("key_problem", "verdict", "words"),
+    ("key_problem", "verdict", "asked", "words"),
     [
-        ("kdumpd.yaml:2: ssh_key: /k: No such file", None, "warning: kdumpd.yaml:2: ssh_key: /k"),
-        ("", None, f"target {SSH.url}: not checked yet (kdumpd-target-check.service checks it)"),
-        ("", VERDICT, f"warning: target {SSH.url}: 192.0.2.1: connection refused"),
-        (
-            "",
-            dataclasses.replace(VERDICT, ok=True, message="reachable, writable, 5 MiB free"),
-            f"target {SSH.url}: reachable, writable, 5 MiB free",
-        ),
+        ("kdumpd.yaml:2: ssh_key: /k: No such", None, 0, "warning: kdumpd.yaml:2: ssh_key: /k"),
+        ("", None, 5, f"target {SSH.url}: not checked yet (kdumpd-target-check.service checks it)"),
+        ("", VERDICT, 0, f"warning: target {SSH.url}: 192.0.2.1: connection refused warning:"),
+        ("", REACHABLE, 1, f"target {SSH.url}: reachable, writable, 5 MiB free warning:"),
+        # asked for after that check began: said to be the last one, not the answer
+        ("", REACHABLE, 2, f"target {SSH.url}: reachable, writable, 5 MiB free (that was the last"),
     ],
 )
 def test_the_daemon_s_words_on_its_target(
-    key_problem: str, verdict: target.Verdict | None, words: str
+    key_problem: str, verdict: target.Verdict | None, asked: int, words: str
 ) -> None:
-    said = target.status_words(SSH, key_problem, verdict, "/var/crash")
-    assert said.startswith(words)
+    said = target.status_words(SSH, key_problem, verdict, asked, "/var/crash")
+    assert said.startswith(words), said
     assert said.endswith("cannot send dumps over the network yet; they are saved to /var/crash")
+
+
+def test_what_a_server_prints_is_not_sent_on_as_terminal_escapes(tmp_path: Path) -> None:
+    """The last line of a failing command comes from the server (ssh) or the kernel."""
+    t = SshTarget("kdump", "127.0.0.1", 1, "/x")
+    found = target.probe(t, tmp_path / "key", tmp_path / "known_hosts")
+    assert found.message.isprintable()
+    assert target._printable("disk \x1b[31mfull\x07") == "disk ?[31mfull?"

@@ -62,19 +62,21 @@ def search(pattern: str, suite: str = SUITE) -> list[str]:
 
 
 def download(name: str, suite: str = SUITE) -> Path:
-    """A package fetched once with apt-get download (the newest apt knows for `suite`)."""
-    DEBS.mkdir(parents=True, exist_ok=True)
+    """A package fetched once with apt-get download (the newest apt knows for `suite`),
+    kept in a folder per release."""
+    folder = DEBS if suite == SUITE else DEBS / suite
+    folder.mkdir(parents=True, exist_ok=True)
     with locked(DEBS / ".lock"):  # concurrent sessions must not see a half-downloaded file
-        found = sorted(DEBS.glob(f"{name}_*.deb"))
+        found = sorted(folder.glob(f"{name}_*.deb"))
         if not found:
             dl = subprocess.run(
                 ["apt-get", *apt_options(suite), "download", "-q", name],
-                cwd=DEBS,
+                cwd=folder,
                 capture_output=True,
                 text=True,
                 check=False,
             )
-            found = sorted(DEBS.glob(f"{name}_*.deb"))
+            found = sorted(folder.glob(f"{name}_*.deb"))
             if dl.returncode != 0 or not found:
                 raise RuntimeError(
                     f"apt-get download {name} failed ({dl.returncode}):\n{dl.stderr}"
