@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from kdumpd import config, crashtest, dumps, journal, reservation, safefile, skew, vmcore
+from kdumpd import config, crashtest, dumps, journal, remote, reservation, safefile, skew, vmcore
 from kdumpd.sizes import human_size
 
 VMCORE = Path("/proc/vmcore")
@@ -57,7 +57,7 @@ def retention_victims(existing: list[dumps.Dump], keep: int) -> list[Path]:
     return [d.path for d in ordered[: len(existing) - keep + 1]]
 
 
-def check_space(free_bytes: int, minimum: int, path: Path) -> None:
+def check_space(free_bytes: int, minimum: int, path: Path | str) -> None:
     if free_bytes < minimum:
         raise CaptureError(
             f"only {human_size(free_bytes)} free on {path}, below min_free_space "
@@ -89,17 +89,23 @@ class ProgressFilter:
         return True
 
 
-def run_makedumpfile(command: list[str]) -> tuple[int, list[str]]:
+def run_makedumpfile(command: list[str], into: IO[bytes] | None = None) -> tuple[int, list[str]]:
     """Run makedumpfile with its messages on the console as they come (errors go to its
-    stdout, progress to stderr: both are read). Returns the exit status and the lines that
-    are not progress."""
+    stdout, progress to stderr: both are read; with -F the dump goes to stdout, `into`, and
+    the messages all to stderr). Returns the exit status and the lines that are not
+    progress."""
     shown = ProgressFilter()
     messages = []
     with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        command,
+        stdout=into or subprocess.PIPE,
+        stderr=subprocess.PIPE if into else subprocess.STDOUT,
+        text=True,
+        errors="replace",
     ) as proc:
-        assert proc.stdout is not None
-        for raw in proc.stdout:  # universal newlines: progress redrawn with \r splits too
+        said = proc.stderr if into else proc.stdout
+        assert said is not None
+        for raw in said:  # universal newlines: progress redrawn with \r splits too
             line = raw.strip()
             if not line:
                 continue
@@ -111,9 +117,10 @@ def run_makedumpfile(command: list[str]) -> tuple[int, list[str]]:
 
 
 def makedumpfile_command(
-    cfg: config.Config, source: Path, target: Path, supported: set[str], cpus: int = 1
+    cfg: config.Config, source: Path, target: Path | None, supported: set[str], cpus: int = 1
 ) -> tuple[list[str], str]:
-    """The makedumpfile command line, and the compression actually used: a makedumpfile
+    """The makedumpfile command line (target None: the flattened format on stdout, -F,
+    for sending), and the compression actually used: a makedumpfile
     built without the configured one (Debian 12's lacks zstd) falls back to lzo, then zlib.
     With more than one CPU, one thread per CPU reads and compresses pages (the main thread
     writes); not for ELF output (-E), which makedumpfile writes with one thread only, nor
@@ -135,8 +142,7 @@ def makedumpfile_command(
         "7",
         *(["--num-threads", str(cpus)] if threaded else []),
         *args,
-        str(source),
-        str(target),
+        *(["-F", str(source)] if target is None else [str(source), str(target)]),
     ]
     return command, compression
 
@@ -161,8 +167,12 @@ def metadata(
     compression: str,
     size: int,
     error: str,
+    location: str = "",
 ) -> dict[str, Any]:
+    """metadata.json: beside the dump, and for a dump sent to a target also on the local
+    disk, where `location` (its URL) says where it went."""
     return {
+        **({"location": location} if location else {}),
         "time_usec": int(started * 1_000_000),
         "kernel_version": kernel_version,
         "panic_message": panic,
@@ -212,6 +222,7 @@ def _mount_dump_path(dump_path: Path) -> None:
 class Capture:
     cfg: config.Config
     source: Path = VMCORE
+    sender: remote.Ssh | None = None  # sending to a target; the folder here is its record
     # The dump's capture.log: kept after the reboot, where the crash kernel's journal is not.
     log: Path | None = field(default=None, init=False)
     folder: Path | None = field(default=None, init=False)  # once made
@@ -242,14 +253,21 @@ class Capture:
         folder.mkdir()
         self.folder = folder
         self.log = folder / dumps.CAPTURE_LOG
-        self._say(f"saving the dump of {version} to {folder}")
-        panic, compression, size, error = "", self.cfg.compression, 0, ""
+        location = self.sender.location(folder.name) if self.sender else ""
+        self._say(f"saving the dump of {version} to {location or folder}")
+        panic, compression, size, error, prepared = "", self.cfg.compression, 0, "", False
         try:
             panic = self._dmesg(folder)
-            stat = os.statvfs(root)
-            check_space(stat.f_bavail * stat.f_frsize, self.cfg.min_free_space, root)
-            size, compression = self._dump(folder)
-        except CaptureError as e:
+            if self.sender:
+                free = self.sender.prepare(folder.name, self.cfg.keep_dumps, self._say)
+                prepared = True
+                check_space(free, self.cfg.min_free_space, location)
+                size, compression = self._send(self.sender, folder.name)
+            else:
+                stat = os.statvfs(root)
+                check_space(stat.f_bavail * stat.f_frsize, self.cfg.min_free_space, root)
+                size, compression = self._dump(folder)
+        except (CaptureError, remote.SendError) as e:
             error = self.error = str(e)
             self._say(f"capture FAILED: {error}")
         meta = metadata(
@@ -261,16 +279,48 @@ class Capture:
             compression=compression,
             size=size,
             error=error,
+            location=location,
         )
-        safefile.write_durably(
-            folder / dumps.METADATA, json.dumps(meta, indent=2, sort_keys=True) + "\n"
-        )
+        text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+        safefile.write_durably(folder / dumps.METADATA, text)
         if not error:
             self._say(
-                f"dump saved: {folder / dumps.VMCORE} ({human_size(size)} in "
+                f"dump saved: {location or folder / dumps.VMCORE} ({human_size(size)} in "
                 f"{meta['duration_s']} s)"
             )
+        if self.sender and prepared:
+            self._beside(self.sender, folder, text)
         return not error
+
+    def _send(self, sender: remote.Ssh, name: str) -> tuple[int, str]:
+        """makedumpfile -F into ssh; renamed vmcore there once both ended well."""
+        command, compression = self._command(None)
+        stream = sender.stream(name)
+        assert stream.stdin is not None
+        try:
+            returncode, output = run_makedumpfile(command, into=stream.stdin)
+        finally:
+            stream.stdin.close()  # ssh's end of the stream: EOF once makedumpfile is done
+        self._log_lines(output)
+        if failed := sender.stream_failure(stream):
+            raise failed  # why makedumpfile could not write, too
+        if returncode != 0:
+            raise CaptureError(f"makedumpfile failed: {(output[-1:] or [f'exit {returncode}'])[0]}")
+        return sender.complete(name), compression
+
+    def _beside(self, sender: remote.Ssh, folder: Path, meta: str) -> None:
+        """The kernel log, metadata and capture log beside the sent dump (best effort: the
+        dump is whole without them, and their copies stay here)."""
+        try:
+            if (folder / dumps.DMESG).exists():
+                sender.put(folder.name, dumps.DMESG, (folder / dumps.DMESG).read_bytes())
+            sender.put(folder.name, dumps.METADATA, meta.encode())
+            self._say("kernel log and metadata sent beside the dump")
+            log = self.log.read_bytes() if self.log and self.log.exists() else b""
+            sender.put(folder.name, dumps.CAPTURE_LOG, log)
+            sender.close()
+        except (remote.SendError, OSError, subprocess.SubprocessError) as e:
+            say(f"could not send the kernel log and metadata: {e}")
 
     def _dmesg(self, folder: Path) -> str:
         target = folder / dumps.DMESG
@@ -296,13 +346,12 @@ class Capture:
             return 1
         return cpus
 
-    def _dump(self, folder: Path) -> tuple[int, str]:
-        incomplete = folder / dumps.INCOMPLETE
+    def _command(self, output: Path | None) -> tuple[list[str], str]:
         version = subprocess.run(["makedumpfile", "-v"], capture_output=True, text=True).stdout
         command, compression = makedumpfile_command(
             self.cfg,
             self.source,
-            incomplete,
+            output,
             supported_compressions(version),
             self._threads(version),
         )
@@ -311,6 +360,11 @@ class Capture:
                 f"this makedumpfile has no {self.cfg.compression} support; using {compression}"
             )
         self._say(" ".join(command))
+        return command, compression
+
+    def _dump(self, folder: Path) -> tuple[int, str]:
+        incomplete = folder / dumps.INCOMPLETE
+        command, compression = self._command(incomplete)
         returncode, output = run_makedumpfile(command)
         self._log_lines(output)
         if returncode != 0:
@@ -329,13 +383,13 @@ def action_after(cfg: config.Config, ok: bool) -> str:
     return cfg.final_action if ok else cfg.failure_action
 
 
-def save(cfg: config.Config) -> bool:
+def save(cfg: config.Config, sender: remote.Ssh | None = None) -> bool:
     """Save the dump and say how it went and what comes next; True when it is complete."""
     if not VMCORE.exists():
         say(f"{VMCORE} does not exist: this is not a crash kernel; nothing to do")
         ok = False
     else:
-        capture = Capture(cfg)
+        capture = Capture(cfg, sender=sender)
         try:
             ok = capture.run()
         except Exception as e:  # a bug too: still recorded, still the failure action

@@ -229,11 +229,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     if skewed := skew.warning(makedumpfile, platform.release()):
         warnings.append(skewed)
     if cfg.target is not None:
-        warnings.append(target.not_sent_yet(cfg.target, str(cfg.dump_path)))
         if key := config.ssh_key_problem(cfg):
             problems.append(str(key))
         elif args.target:
             problems += _target_problems(cfg.target, cfg.ssh_key)
+        route, why = environment.sending(cfg)
+        if route and mode == "system":
+            route, why = None, environment.NO_NETWORK_IN_SYSTEM
+        going = target.where_dumps_go(cfg.target, route, why, str(cfg.dump_path))
+        if route is None:
+            warnings.append(going.removeprefix("warning: "))
+        else:
+            print(going)
     elif args.target:
         problems.append(f"{cfg.path}: --target: no target is configured (dumps go to dump_path)")
     try:
@@ -260,7 +267,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-RUN_DIR = Path("/run/kdumpd")  # the daemon's (service.RUN_DIR): it reads the verdict there
+RUN_DIR = Path("/") / target.RUN_DIR  # the daemon's: it reads the verdict there
 
 
 def _tell_the_daemon(found: target.Verdict) -> None:
@@ -471,13 +478,16 @@ def cmd_dumps(args: argparse.Namespace) -> int:
     if not found:
         print("no dumps saved")
     for d in found:
-        state = "complete" if d["Complete"] else "INCOMPLETE"
+        sent = d.get("Location", "")  # a dump sent to a target: the folder here is its record
+        state = "complete" if d["Complete"] else "NOT SAVED" if sent else "INCOMPLETE"
         if d["Error"]:  # a complete dump may have one too: its folder could not all be read
             state += f": {d['Error']}"
         print(
-            f"{d['Path']}  {_when(d['TimeUsec'])}  {d['KernelVersion']}  "
+            f"{sent or d['Path']}  {_when(d['TimeUsec'])}  {d['KernelVersion']}  "
             f"{human_size(d['SizeBytes'])}  {state}"
         )
+        if sent:
+            print(f"    recorded in {d['Path']}")
         if d["PanicMessage"]:
             print(f"    {d['PanicMessage']}")
     return EXIT_OK

@@ -27,6 +27,7 @@ FIELD_TYPES = {
     "Complete": "b",
     "PanicMessage": "s",
     "Error": "s",
+    "Location": "s",
 }
 
 
@@ -39,6 +40,7 @@ class Dump:
     complete: bool
     panic_message: str
     error: str  # why the capture failed, "" when it did not
+    location: str = ""  # the URL of a dump sent to a target; the folder is its record
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +51,7 @@ class Dump:
             "Complete": self.complete,
             "PanicMessage": self.panic_message,
             "Error": self.error,
+            "Location": self.location,
         }
 
 
@@ -79,12 +82,28 @@ def _text(value: Any) -> str:
     return value
 
 
-# The metadata.json fields that are listed, each checked to fit its D-Bus type.
+def _size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
+        raise ValueError(f"{reprlib.repr(value)} is not a size in bytes")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{reprlib.repr(value)} is not true or false")
+    return value
+
+
+# The metadata.json fields that are listed, each checked to fit its D-Bus type. Size and
+# completeness are the vmcore file's, except for a dump sent to a target (`location`).
 _FIELDS = {
     "time_usec": _usec,
     "kernel_version": _text,
     "panic_message": _text,
     "error": _text,
+    "location": _text,
+    "size_bytes": _size,
+    "complete": _flag,
 }
 
 
@@ -156,7 +175,11 @@ def read(folder: Path) -> Dump:
         return Dump(folder, usec, "", 0, False, "", f"cannot be read: {e.strerror}")
     try:
         meta, problems = _metadata(fd)
-        complete, size, core_problems = _core(fd)
+        if location := meta.get("location", ""):
+            complete, size = meta.get("complete", False), meta.get("size_bytes", 0)
+            core_problems: list[str] = []
+        else:
+            complete, size, core_problems = _core(fd)
         usec = meta.get("time_usec") or _mtime_usec(os.fstat(fd))
     finally:
         os.close(fd)
@@ -170,6 +193,7 @@ def read(folder: Path) -> Dump:
         complete=complete,
         panic_message=meta.get("panic_message", ""),
         error=error or ("" if complete else "capture did not finish"),
+        location=location,
     )
 
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdumpd import capture, config, cpio, digests, elf, init, safefile
+from kdumpd import capture, config, cpio, digests, elf, init, network, safefile, target
 
 CACHE_DIR = Path("/var/cache/kdumpd")
 IMAGE_PREFIX = "initramfs-"
@@ -346,10 +346,10 @@ def resolve(sysroot: Path, path: str) -> tuple[str, list[tuple[str, str]]]:
             continue
         if len(links) >= 40:  # as the kernel's ELOOP
             raise Unreachable(f"too many symlinks on the way to {path}")
-        target = os.readlink(host)
-        links.append((here, target))
-        base = [] if target.startswith("/") else done[:-1]
-        parts = [p for p in (base + target.split("/")) if p and p != "."] + parts
+        points_to = os.readlink(host)
+        links.append((here, points_to))
+        base = [] if points_to.startswith("/") else done[:-1]
+        parts = [p for p in (base + points_to.split("/")) if p and p != "."] + parts
         done = []
         while ".." in parts:  # a/b/../c
             i = parts.index("..")
@@ -384,9 +384,9 @@ class Contents:
     def _real(self, path: str) -> str:
         """Path with the symlinks on its way followed; each of them is added."""
         real, links = resolve(self.sysroot, path)
-        for link, target in links:
+        for link, points_to in links:
             self.sources.add(self.sysroot / link, follow=False)
-            self.put(link, cpio.symlink(target))
+            self.put(link, cpio.symlink(points_to))
         return real
 
     def file(self, path: str, data: bytes | None = None) -> bytes:
@@ -486,6 +486,7 @@ class Plan:
     entries: dict[str, cpio.Entry]
     key: str = ""  # Intent.key; "" for a plan not made from a machine (tests' fakes)
     sources: dict[str, list[int]] = field(default_factory=dict)  # Sources.seen
+    route: network.Route | None = None  # the dump is sent to the target this way
 
     @functools.cached_property
     def archive(self) -> bytes:
@@ -576,6 +577,20 @@ def _stage_one(busybox: str, lvm: str, root: Target, modules: list[str], cfg: co
     )
 
 
+def _send_settings(it: Intent) -> dict[str, object] | None:
+    """What stage two needs to send the dump (remote.Ssh's fields, and the route)."""
+    t = it.cfg.target
+    if it.route is None or not isinstance(t, target.SshTarget):
+        return None
+    return {
+        "url": t.url,
+        "key": str(it.cfg.ssh_key),
+        "known_hosts": str(target.KNOWN_HOSTS),
+        "machine": it.machine,
+        "route": dataclasses.asdict(it.route),
+    }
+
+
 def _target_settings(t: Target) -> dict[str, object]:
     return {
         "uuid": t.uuid,
@@ -599,6 +614,8 @@ class Intent:
     lvm: str  # "" when no volume group is on the way
     programs: dict[str, str]  # what stage two runs, from the root file system
     cfg: config.Config
+    route: network.Route | None  # the way to the target, when the dump is sent there
+    machine: str  # the dump's folder on a target is named for it
 
     @property
     def key(self) -> str:
@@ -612,26 +629,66 @@ def _json_default(value: object) -> object:
     return sorted(value) if isinstance(value, (set, frozenset)) else str(value)
 
 
+def sending(cfg: config.Config, sysroot: Path = Path("/")) -> tuple[network.Route | None, str]:
+    """The way to the target when the capture initramfs sends the dump there, else None and
+    why dumps are saved to dump_path instead ("" without a target). The route is the last
+    check's (kdumpd-target-check.service's: the daemon has no network)."""
+    t = cfg.target
+    if t is None:
+        return None, ""
+    if isinstance(t, target.NfsTarget):
+        return None, "this kdumpd sends dumps over ssh only so far"
+    if config.ssh_key_problem(cfg):
+        return None, f"its key {cfg.ssh_key} cannot be used"
+    try:
+        which(sysroot, "ssh")
+    except Unreachable:
+        return None, "ssh is not installed (Debian: openssh-client)"
+    verdict = target.recall(sysroot / target.RUN_DIR / target.VERDICT, t, cfg.ssh_key)
+    if verdict is None:
+        return None, f"the way to {t.host} is known once kdumpd-target-check.service checked it"
+    if verdict.route is None:
+        return None, f"no way to {t.host} was found: {verdict.no_route}"
+    return verdict.route, ""
+
+
+NO_NETWORK_IN_SYSTEM = (
+    "capture boots the system's own initramfs and systemd (capture mode system), where "
+    "kdumpd brings up no network"
+)
+_NAME = re.compile(r"[^A-Za-z0-9.-]")
+
+
+def machine_name(sysroot: Path = Path("/")) -> str:
+    """hostname-<8 of the machine-id>: a fleet's dumps on one target never collide."""
+    host = _read(sysroot / "etc/hostname").split(".")[0] or os.uname().nodename.split(".")[0]
+    return f"{_NAME.sub('_', host) or 'localhost'}-{_read(sysroot / 'etc/machine-id')[:8]}"
+
+
 def intent(cfg: config.Config, version: str, sysroot: Path = Path("/"), python: str = "") -> Intent:
     python = python or sys.executable  # /usr/bin/python3, not the version it points to now
     root = find_target(sysroot, Path("/"))
-    target = find_target(sysroot, cfg.dump_path)
+    dump = find_target(sysroot, cfg.dump_path)
     if not (sysroot / python.lstrip("/")).is_file():
         raise Unreachable(f"{python} is not installed")
-    lvm = which(sysroot, "lvm") if root.volume_groups or target.volume_groups else ""
+    lvm = which(sysroot, "lvm") if root.volume_groups or dump.volume_groups else ""
     programs = {p: which(sysroot, p) for p in ("makedumpfile", "blkid")}
     if lvm:
         programs["lvm"] = lvm
     if cfg.failure_action == "shell":
         programs["sh"] = which(sysroot, "sh")
     busybox = which(sysroot, "busybox")
-    return Intent(version, python, root, target, busybox, lvm, programs, cfg)
+    route, _ = sending(cfg, sysroot)
+    if route:
+        programs.update(ssh=which(sysroot, "ssh"), busybox=busybox)
+    machine = machine_name(sysroot) if route else ""
+    return Intent(version, python, root, dump, busybox, lvm, programs, cfg, route, machine)
 
 
 def plan(cfg: config.Config, version: str, sysroot: Path = Path("/"), python: str = "") -> Plan:
     """What the capture initramfs for kernel `version` holds, or Unreachable."""
     it = intent(cfg, version, sysroot, python)
-    root, target = it.root, it.target
+    root, dump = it.root, it.target
     sources = Sources()
     contents = Contents(sysroot, sources)
     for directory in ("dev", "proc", "sys", NEW_ROOT.lstrip("/")):
@@ -641,23 +698,23 @@ def plan(cfg: config.Config, version: str, sysroot: Path = Path("/"), python: st
     if root.volume_groups:
         contents.program(it.lvm)
     index = ModuleIndex.read(sysroot / f"lib/modules/{it.version}", sources)
-    on_root = target.uuid == root.uuid
+    on_root = dump.uuid == root.uuid
     directory = f"/lib/modules/{it.version}"
+    drivers = (set() if on_root else set(dump.modules)) | set(it.route.modules if it.route else ())
     settings = {
-        "target": None if on_root else _target_settings(target),
+        "target": None if on_root else _target_settings(dump),
         "dump_path": str(cfg.dump_path),
-        "modules": []
-        if on_root
-        else [f"{directory}/{m}" for m in index.load_order(set(target.modules))],
+        "modules": [f"{directory}/{m}" for m in index.load_order(drivers)],
         "programs": it.programs,
         "capture": {k: _jsonable(getattr(cfg, k)) for k in CAPTURE_KEYS},
+        "send": _send_settings(it),
     }
     contents.put(SETTINGS, cpio.regular(json.dumps(settings, indent=1, sort_keys=True).encode()))
     modules = _modules(contents, index, set(root.modules))
     lvm = it.lvm if root.volume_groups else ""
     script = _stage_one(it.busybox, lvm, root, modules, cfg, it.python)
     contents.put("init", cpio.regular(script.encode(), 0o755))
-    return Plan(target, contents.entries, it.key, sources.seen)
+    return Plan(dump, contents.entries, it.key, sources.seen, it.route)
 
 
 Planner = Callable[[config.Config, str, Path], Plan]

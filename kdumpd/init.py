@@ -1,7 +1,8 @@
 """Stage two of the capture in the crash kernel: PID 1, run by the machine's own Python
 from its root file system, which stage one (the capture initramfs's /init, written by
 kdumpd/environment.py) has mounted. It mounts the dump file system by UUID when it is
-not the root's (loading its drivers, activating LVM), runs the capture, and reboots.
+not the root's (loading its drivers, activating LVM), brings up the way to the target
+when the dump is sent there (kdumpd/network.py), runs the capture, and reboots.
 
 It must never return (the kernel would panic), so every failure ends in the configured
 failure action. The system calls are libc's, through ctypes; finit_module has no libc
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kdumpd import capture, config, crashtest
+from kdumpd import capture, config, crashtest, network, remote, target
 
 SETTINGS = Path("/run/kdumpd/capture.json")  # stage one copies it here from the archive
 TARGET = Path("/run/kdumpd/target")  # where the dump file system is mounted
@@ -104,17 +105,45 @@ def _uptime() -> str:
     return Path("/proc/uptime").read_text().split()[0]
 
 
+def bring_up(route: network.Route, busybox: str) -> None:
+    """The interface that led to the target before the crash, configured as it was."""
+    network.wait(
+        f"no interface with MAC {route.mac} appeared",
+        lambda: network.interface_with(route.mac) is not None,
+        DEVICE_TIMEOUT_S,
+    )
+    interface = network.interface_with(route.mac) or route.mac
+    for step in network.commands(route, interface):
+        done = subprocess.run([busybox, "ip", *step], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise capture.CaptureError(f"ip {' '.join(step)}: {done.stderr.strip()}")
+    network.wait(f"{interface} has no link", lambda: network.carrier(interface),
+                 network.CARRIER_TIMEOUT_S)  # fmt: skip
+    capture.say(f"{interface} up as {route.address}, for {route.host} after {_uptime()} s")
+
+
+def sender(send: dict[str, Any], programs: dict[str, str]) -> remote.Ssh:
+    route = network.Route.from_json(send["route"])
+    bring_up(route, programs["busybox"])
+    t = target.parse(send["url"])
+    assert isinstance(t, target.SshTarget)
+    key, known = Path(send["key"]), Path(send["known_hosts"])
+    remote.CONTROL.parent.mkdir(parents=True, exist_ok=True)
+    return remote.Ssh(t, route.host, key, known, send["machine"], programs["ssh"])
+
+
 def run(settings: dict[str, Any]) -> bool:
-    target = settings["target"]
-    if target:
-        for path in settings["modules"]:
-            load_module(path)
-        device = find_device(target, settings["programs"])
+    dump = settings["target"]
+    for path in settings["modules"]:
+        load_module(path)
+    if dump:
+        device = find_device(dump, settings["programs"])
         TARGET.mkdir(parents=True, exist_ok=True)
-        mount(device, str(TARGET), target["fstype"], target["options"])
+        mount(device, str(TARGET), dump["fstype"], dump["options"])
         capture.say(f"{device} mounted on {TARGET}")
+    send = settings.get("send") and sender(settings["send"], settings["programs"])
     capture.say(f"capture environment up after {_uptime()} s")
-    return capture.save(capture_config(settings))
+    return capture.save(capture_config(settings), send or None)
 
 
 def finish(action: str, programs: dict[str, str]) -> None:

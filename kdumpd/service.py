@@ -29,6 +29,7 @@ from kdumpd import (
     images,
     journal,
     kernels,
+    network,
     requests,
     reservation,
     safefile,
@@ -90,6 +91,7 @@ class Arming:
     initrd: Path | None
     unpacked: int  # bytes of the initrd unpacked; 0 when its format does not say
     why: str  # why "system", for LastError
+    route: network.Route | None = None  # the dump is sent to the target this way
 
 
 @dataclass
@@ -102,6 +104,7 @@ class Loaded:
     cmdline: str
     mode: str
     cpus: int  # the crash kernel's (nr_cpus=)
+    route: network.Route | None  # the way to the target it sends the dump over
 
     def close(self) -> None:
         self.kernel.close()
@@ -121,7 +124,7 @@ def now_usec() -> int:
     return time.clock_gettime_ns(time.CLOCK_REALTIME) // 1000
 
 
-RUN_DIR = Path("run/kdumpd")  # under the sysroot: kept across daemon restarts, not boots
+RUN_DIR = target.RUN_DIR  # under the sysroot: kept across daemon restarts, not boots
 # Which crash kernel this daemon loaded (its files' identities, command line, reservation):
 # a daemon started again finds it loaded and adopts it instead of loading it again.
 LOADED_RECORD = "loaded.json"
@@ -356,9 +359,33 @@ class Daemon:
         self._verdict_read = self._verdict_identity()
         verdict = None if problem else target.recall(self._verdict, cfg.target, cfg.ssh_key)
         words = target.status_words(
-            cfg.target, str(problem or ""), verdict, self._check_asked, str(cfg.dump_path)
+            cfg.target, str(problem or ""), verdict, self._check_asked, self._going(cfg)
         )
         return " ".join(filter(None, (self._said, words)))
+
+    def _going(self, cfg: config.Config) -> str:
+        """Where the loaded crash kernel puts the dump of a machine with a target."""
+        assert cfg.target is not None
+        armed = self.good.route if self.good else None
+        route, why = environment.sending(cfg, self.sysroot)
+        if armed is None and route is not None:
+            why = (
+                environment.NO_NETWORK_IN_SYSTEM
+                if self.good and self.good.mode == "system"
+                else "the way to it was found after the crash kernel was loaded"
+            )
+        return target.where_dumps_go(cfg.target, armed, why, str(cfg.dump_path))
+
+    def _way_changed(self, cfg: config.Config) -> str:
+        """Why the capture initramfs loaded must be loaded again: the last check found
+        another way to the target (or none), or "" when it did not."""
+        if self.good is None or self.good.mode != "initramfs":
+            return ""  # the system's boot: it brings no network up for kdumpd
+        route, why = environment.sending(cfg, self.sysroot)
+        if route == self.good.route:
+            return ""
+        assert cfg.target is not None
+        return f"the way to {cfg.target.host} is {route}" if route else why
 
     def _verdict_identity(self) -> tuple[int, ...]:
         try:
@@ -393,6 +420,9 @@ class Daemon:
             if verdict is not None:
                 priority = journal.INFO if verdict.ok else journal.WARNING
                 journal.send(priority, str(verdict), target_url=verdict.url)
+            if changed := self._way_changed(cfg):
+                self.reload(force=True, why=changed)
+                return
         self._set(LastError=self._last_error())
 
     def _unchanged(self) -> bool:
@@ -520,9 +550,8 @@ class Daemon:
             warning = " ".join(filter(None, (warning, f"warning: {skewed}")))
         if cfg.target is not None:
             key = config.ssh_key_problem(cfg)
-            for said in (target.not_sent_yet(cfg.target, str(cfg.dump_path)), key and str(key)):
-                if said:
-                    journal.send(journal.WARNING, f"warning: {said}")
+            if key:
+                journal.send(journal.WARNING, f"warning: {key}")
             if key is None:
                 self._ask_target_check()
         if size.why_one:
@@ -550,8 +579,9 @@ class Daemon:
         recalled = self.planner is environment.plan and environment.recall(
             cfg, files.version, self.sysroot, self.cache
         )
-        if recalled:
-            return Arming("initramfs", recalled.path, recalled.unpacked, "")
+        if recalled:  # the same intent: the same route
+            route, _ = environment.sending(cfg, self.sysroot)
+            return Arming("initramfs", recalled.path, recalled.unpacked, "", route)
         plan, reason = environment.choose(cfg, files.version, self.sysroot, self.planner)
         if plan is None:
             why = reason and f"capture boots the system's own initramfs and systemd: {reason}"
@@ -573,7 +603,7 @@ class Daemon:
             environment.remember(plan, image, self.cache)
         except OSError as e:  # only the next start's shortcut is lost
             journal.send(journal.WARNING, f"cannot write {self.cache / environment.MANIFEST}: {e}")
-        return Arming("initramfs", image.path, image.unpacked, "")
+        return Arming("initramfs", image.path, image.unpacked, "", plan.route)
 
     def _build(self, plan: environment.Plan) -> environment.Image:
         try:
@@ -636,7 +666,7 @@ class Daemon:
             if initrd:
                 initrd.close()
             raise Failure("failed", str(e)) from None
-        return Loaded(files.version, kernel, initrd, line, arming.mode, cpus)
+        return Loaded(files.version, kernel, initrd, line, arming.mode, cpus, arming.route)
 
     def _record(self, new: Loaded) -> dict[str, Any]:
         return {
@@ -703,6 +733,9 @@ class Daemon:
             initrd=new.initrd.path if new.initrd else "",
             kernel_cmdline=new.cmdline,
         )
+        if self.config and self.config.target:
+            going = self._going(self.config)
+            journal.send(journal.WARNING if going.startswith("warning") else journal.INFO, going)
         self._set(
             State="loaded" if loaded else "failed",
             CrashKernelLoaded=loaded,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from kdumpd import safefile
+from kdumpd import network, safefile
 
 KNOWN_HOSTS = Path("/etc/kdumpd/known_hosts")
 # A target that does not answer within these is unreachable: a check must end.
@@ -118,12 +118,12 @@ def parse(url: str) -> Target:
     return SshTarget(parts.username, host, port or 22, path)
 
 
-def not_sent_yet(t: Target, dump_path: str) -> str:
-    """What kdumpd does with a target today: it checks it, and saves locally."""
-    return (
-        f"target {t.url}: this kdumpd cannot send dumps over the network yet; "
-        f"they are saved to {dump_path}"
-    )
+def where_dumps_go(t: Target, route: network.Route | None, why_not: str, dump_path: str) -> str:
+    """Where the armed crash kernel sends the dump: to the target, the way found before the
+    crash, or to the local dump_path, and why."""
+    if route is not None:
+        return f"target {t.url}: a crash dump is sent there over {route}"
+    return f"warning: target {t.url}: a crash dump is saved to {dump_path} instead: {why_not}"
 
 
 def ssh_options(
@@ -206,6 +206,8 @@ class Verdict:
     ok: bool
     message: str  # "reachable, writable, N MiB free", or why not, naming the host
     time_usec: int = 0  # when the check began (CLOCK_REALTIME)
+    route: network.Route | None = None  # how the host is reached; None when it is not
+    no_route: str = ""  # why not
 
     def __str__(self) -> str:
         return f"target {self.url}: {self.message}"
@@ -261,9 +263,13 @@ def probe(t: Target, key: Path, known_hosts: Path = KNOWN_HOSTS) -> Verdict:
     ssh: with the key alone. nfs: mounted as root, where capture will mount it."""
 
     began = now_usec()
+    try:
+        route, no_route = network.find(t.host), ""
+    except (network.NoRoute, OSError, ValueError) as e:
+        route, no_route = None, str(e)
 
     def verdict(ok: bool, message: str) -> Verdict:
-        return Verdict(t.url, _key_used(t, key), ok, _printable(message), began)
+        return Verdict(t.url, _key_used(t, key), ok, _printable(message), began, route, no_route)
 
     with tempfile.TemporaryDirectory(prefix="kdumpd-check-") as mountpoint:
         argv = _command(t, key, known_hosts, mountpoint)
@@ -289,6 +295,7 @@ def probe(t: Target, key: Path, known_hosts: Path = KNOWN_HOSTS) -> Verdict:
 # check in a unit of its own when the request file appears in the daemon's run directory
 # (at each arming, and from the network hooks when an interface comes up); the verdict is
 # written beside it, and the daemon's watcher hears of it.
+RUN_DIR = Path("run/kdumpd")  # the daemon's, under the sysroot
 CHECK_REQUEST = "target-check"
 VERDICT = "target.json"
 _VERDICT_LIMIT = 64 << 10
@@ -306,10 +313,11 @@ def recall(path: Path, t: Target, key: Path) -> Verdict | None:
     checked yet, or checked when the config named another target or key)."""
     try:
         found: Any = json.loads(safefile.read(path, _VERDICT_LIMIT, follow_symlinks=False))
-        verdict = Verdict(**found)
-    except (OSError, ValueError, TypeError):
+        route = found.pop("route", None)
+        verdict = Verdict(**found, route=None if route is None else network.Route.from_json(route))
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
-    words = (verdict.url, verdict.key, verdict.message)
+    words = (verdict.url, verdict.key, verdict.message, verdict.no_route)
     if not all(type(w) is str for w in words) or type(verdict.ok) is not bool:
         return None
     if type(verdict.time_usec) is not int:
@@ -320,11 +328,11 @@ def recall(path: Path, t: Target, key: Path) -> Verdict | None:
 
 
 def status_words(
-    t: Target, key_problem: str, verdict: Verdict | None, asked_usec: int, dump_path: str
+    t: Target, key_problem: str, verdict: Verdict | None, asked_usec: int, going: str
 ) -> str:
     """The target's part of the daemon's LastError: what is wrong with it, or what the last
     check found (and whether one asked for at `asked_usec` is still to come), and where
-    dumps go meanwhile."""
+    dumps go (`going`, where_dumps_go's)."""
     if key_problem:
         found = f"warning: {key_problem}"
     elif verdict is None:
@@ -333,4 +341,4 @@ def status_words(
         found = str(verdict) if verdict.ok else f"warning: {verdict}"
         if verdict.time_usec < asked_usec:
             found += " (that was the last check; kdumpd-target-check.service checks it again)"
-    return f"{found} warning: {not_sent_yet(t, dump_path)}"
+    return f"{found} {going}"

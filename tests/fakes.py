@@ -107,8 +107,10 @@ TARGET = environment.Target(
 
 
 def fake_plan(cfg: config.Config, version: str, sysroot: Path) -> environment.Plan:
-    """A capture initramfs of one file (the real one: test_environment)."""
-    return environment.Plan(TARGET, {"init": cpio.regular(b"#!/bin/sh\n", 0o755)})
+    """A capture initramfs of one file (the real one: test_environment), sending the dump
+    the way the real planner would."""
+    route, _ = environment.sending(cfg, sysroot)
+    return environment.Plan(TARGET, {"init": cpio.regular(b"#!/bin/sh\n", 0o755)}, route=route)
 
 
 def unreachable(cfg: config.Config, version: str, sysroot: Path) -> environment.Plan:

@@ -78,7 +78,8 @@ def test_dump_found_once_per_new_dump(bus: Bus) -> None:
     assert by_path[str(failed)]["Error"] == "disk full"
     # the fields of a ListDumps entry, with their types
     assert set(by_path[str(saved)]) == {
-        "Path", "TimeUsec", "KernelVersion", "SizeBytes", "Complete", "PanicMessage", "Error"
+        "Path", "TimeUsec", "KernelVersion", "SizeBytes", "Complete", "PanicMessage", "Error",
+        "Location",
     }  # fmt: skip
     assert by_path[str(saved)]["SizeBytes"] == 4096
 

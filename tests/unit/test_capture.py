@@ -259,8 +259,14 @@ case "$1" in
   -v) printf 'makedumpfile: version %s (released on 20 Oct 2022)\\n' "${FAKE_VERSION:-1.7.2}"
       printf 'lzo\\tenabled\\nzstd\\tdisabled\\n' ;;
   --dump-dmesg) cp "$FAKE_DMESG" "$3" ;;
-  *) for target; do :; done
+  *) flat=""
+     for target; do [ "$target" = -F ] && flat=1; done
      printf 'Copying data   : [ 50.0 %%] /  eta: 1s\\n' >&2
+     if [ -n "$flat" ]; then  # -F: the dump on stdout, every message on stderr
+       printf 'FLAT'
+       [ -z "$FAKE_MIDWAY" ] || { echo 'makedumpfile Failed.' >&2; exit 1; }
+       printf 'TENED'; echo 'makedumpfile Completed.' >&2; exit 0
+     fi
      if [ -n "$FAKE_FULL" ]; then
        printf 'KDU' > "$target"; echo 'write_cache: No space left on device'
        echo 'makedumpfile Failed.'; exit 1
@@ -333,3 +339,129 @@ def test_capture_on_a_full_disk_leaves_no_vmcore_and_says_why(
     why = "makedumpfile failed: the dump file system is full"
     assert why in json.loads((folder / dumps.METADATA).read_text())["error"]
     assert f"kdumpd: capture FAILED: {why}" in (folder / dumps.CAPTURE_LOG).read_text()
+
+
+# ssh as the capture runs it: options, the destination, "--" and a shell command, which
+# runs here (the "server" is a folder of this machine).
+FAKE_SSH = """#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -p|-o) shift 2 ;;
+    -O) exit 0 ;;
+    --) shift; break ;;
+    *) shift ;;
+  esac
+done
+if [ -n "$FAKE_REFUSED" ]; then
+  echo 'ssh: connect to host 192.0.2.1 port 22: Connection refused' >&2; exit 255
+fi
+case "$1" in
+  *vmcore.incomplete*) if [ -n "$FAKE_SERVER_FULL" ]; then
+      cat > /dev/null; echo 'cat: write error: No space left on device' >&2; exit 1
+    fi ;;
+esac
+exec sh -c "$1"
+"""
+
+
+@pytest.fixture
+def sending(fake_crash: capture.Capture, tmp_path: Path) -> capture.Capture:
+    """The capture with an ssh target whose "server" is tmp_path/server."""
+    from kdumpd import remote, target
+
+    ssh = tmp_path / "bin/ssh"
+    ssh.write_text(FAKE_SSH)
+    ssh.chmod(0o755)
+    (tmp_path / "server/dumps").mkdir(parents=True)
+    t = target.SshTarget("kdump", "dumps.example", 22, str(tmp_path / "server/dumps"))
+    sender = remote.Ssh(t, "192.0.2.1", tmp_path / "key", tmp_path / "known", "host-0123abcd",
+                        str(ssh), tmp_path / "control")  # fmt: skip
+    return capture.Capture(fake_crash.cfg, fake_crash.source, sender)
+
+
+def _server(tmp_path: Path) -> Path:
+    return tmp_path / "server/dumps/host-0123abcd"
+
+
+def test_a_dump_sent_over_ssh_is_whole_there_and_recorded_here(
+    sending: capture.Capture, tmp_path: Path
+) -> None:
+    assert sending.run()
+    (there,) = _server(tmp_path).iterdir()
+    assert (there / dumps.VMCORE).read_bytes() == b"FLATTENED"  # makedumpfile -F's stream
+    assert not (there / dumps.INCOMPLETE).exists()
+    assert "sysrq triggered crash" in (there / dumps.DMESG).read_text()
+    assert "makedumpfile Completed." in (there / dumps.CAPTURE_LOG).read_text()
+    (here,) = sending.cfg.dump_path.iterdir()
+    assert here.name == there.name and not (here / dumps.VMCORE).exists()
+    meta = json.loads((here / dumps.METADATA).read_text())
+    assert json.loads((there / dumps.METADATA).read_text()) == meta
+    url = f"ssh://kdump@dumps.example{there}"
+    assert meta["location"] == url and meta["complete"] and meta["size_bytes"] == 9
+    (listed,) = dumps.scan(sending.cfg.dump_path)
+    assert (listed.location, listed.complete, listed.size_bytes) == (url, True, 9)
+    assert listed.panic_message == "sysrq triggered crash" and listed.error == ""
+    log = (here / dumps.CAPTURE_LOG).read_text()
+    assert f"kdumpd: saving the dump of 6.1.0-28-amd64 to {url}" in log
+    assert "makedumpfile -l -d 31 --message-level 7 -F /" in log
+
+
+@pytest.mark.parametrize(
+    ("fault", "why", "left_there"),
+    [
+        (
+            "FAKE_REFUSED",
+            "dumps.example (192.0.2.1): connection refused (no ssh server on port 22?)",
+            None,
+        ),
+        (
+            "FAKE_SERVER_FULL",
+            "dumps.example (192.0.2.1): cat: write error: No space left on device",
+            set(),
+        ),
+        ("FAKE_MIDWAY", "makedumpfile failed: makedumpfile Failed.", {dumps.INCOMPLETE}),
+    ],
+)
+def test_a_dump_that_did_not_arrive_is_never_named_vmcore_and_says_why_here(
+    sending: capture.Capture,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: str,
+    why: str,
+    left_there: set[str] | None,
+) -> None:
+    monkeypatch.setenv(fault, "1")
+    assert not sending.run()
+    folders = list(_server(tmp_path).iterdir()) if _server(tmp_path).exists() else []
+    if left_there is None:
+        assert folders == []
+    else:
+        (there,) = folders
+        assert left_there <= {p.name for p in there.iterdir()}
+        assert not (there / dumps.VMCORE).exists()
+    (listed,) = dumps.scan(sending.cfg.dump_path)
+    assert not listed.complete and listed.location.startswith("ssh://kdump@dumps.example/")
+    assert why in listed.error, listed.error
+
+
+def test_retention_applies_on_the_target(sending: capture.Capture, tmp_path: Path) -> None:
+    import dataclasses
+
+    old = ["2026-01-01-000000-6.1.0-28-amd64", "2026-02-01-000000-6.1.0-28-amd64",
+           "2026-03-01-000000-6.1.0-28-amd64", "notes"]  # fmt: skip
+    for name in old:
+        (_server(tmp_path) / name).mkdir(parents=True)
+    sending.cfg = dataclasses.replace(sending.cfg, keep_dumps=2)
+    assert sending.run()
+    left = sorted(p.name for p in _server(tmp_path).iterdir())
+    assert left[0] == "2026-03-01-000000-6.1.0-28-amd64" and left[2] == "notes", left
+
+
+def test_min_free_space_is_the_target_s(sending: capture.Capture, tmp_path: Path) -> None:
+    import dataclasses
+
+    sending.cfg = dataclasses.replace(sending.cfg, min_free_space=1 << 62)
+    assert not sending.run()
+    assert "below min_free_space" in sending.error and "ssh://kdump@dumps.example/" in sending.error
+    (there,) = _server(tmp_path).iterdir()
+    assert {p.name for p in there.iterdir()} == {dumps.DMESG, dumps.METADATA, dumps.CAPTURE_LOG}

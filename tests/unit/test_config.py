@@ -285,7 +285,7 @@ def test_a_target_is_parsed_and_its_ssh_key_checked(tmp_path: Path) -> None:
     ]
 
 
-def test_kdumpd_check_names_a_bad_ssh_key_and_says_targets_are_not_sent_to(
+def test_kdumpd_check_names_a_bad_ssh_key_and_says_where_dumps_go(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "kdumpd.yaml"
@@ -298,8 +298,8 @@ def test_kdumpd_check_names_a_bad_ssh_key_and_says_targets_are_not_sent_to(
     path.write_text("target: nfs://192.0.2.1/export\n")
     result = subprocess.run(check, capture_output=True, text=True)
     assert (
-        "warning: target nfs://192.0.2.1/export: this kdumpd cannot send dumps over the network "
-        "yet; they are saved to /var/crash"
+        "warning: target nfs://192.0.2.1/export: a crash dump is saved to /var/crash instead: "
+        "this kdumpd sends dumps over ssh only so far"
     ) in result.stderr
     path.write_text("")
     result = subprocess.run([*check, "--target"], capture_output=True, text=True)

@@ -55,6 +55,7 @@ def _listed(root: Path, bad: str) -> dict[str, Any]:
         "Complete": True,
         "PanicMessage": GOOD["panic_message"],
         "Error": "",
+        "Location": "",
     }
     for entry in found.values():
         _fits_dbus(entry)
@@ -95,6 +96,10 @@ def test_a_time_that_is_not_a_time_is_an_error(tmp_path: Path, value: str, expec
         ("panic_message", "before\0after", "metadata.json: panic_message: contains a NUL byte"),
         ("kernel_version", "\ud800", "metadata.json: kernel_version: is not valid Unicode"),
         ("error", {"a": 1}, "metadata.json: error: {'a': 1} is not a string"),
+        ("location", 5, "metadata.json: location: 5 is not a string"),
+        ("size_bytes", -1, "metadata.json: size_bytes: -1 is not a size in bytes"),
+        ("size_bytes", 1 << 64, f"metadata.json: size_bytes: {1 << 64} is not a size in bytes"),
+        ("complete", "yes", "metadata.json: complete: 'yes' is not true or false"),
     ],
 )
 def test_a_field_that_does_not_fit_dbus_is_an_error(
@@ -257,3 +262,28 @@ def test_a_dump_path_that_cannot_be_listed_lists_nothing(tmp_path: Path) -> None
     _good(unreadable)
     unreadable.chmod(0)
     assert _scan_as_the_daemon(unreadable) == []
+
+
+def test_a_dump_sent_to_a_target_is_listed_from_its_record(tmp_path: Path) -> None:
+    """The folder here holds what the crashed machine recorded: where the dump went, its
+    size, whether it arrived (its vmcore is on the server)."""
+    url = "ssh://kdump@192.0.2.1/srv/dumps/web-1-01234567/2026-12-02-101500-6.1.0-28-amd64"
+    record = {**GOOD, "location": url, "size_bytes": 123456, "complete": True}
+    folder = tmp_path / "sent"
+    folder.mkdir()
+    (folder / dumps.METADATA).write_text(json.dumps(record))
+    (entry,) = [d.as_dict() for d in dumps.scan(tmp_path)]
+    assert (entry["Location"], entry["Complete"], entry["SizeBytes"]) == (url, True, 123456)
+    failed = {
+        **record,
+        "complete": False,
+        "size_bytes": 0,
+        "error": "192.0.2.1: connection refused",
+    }
+    (folder / dumps.METADATA).write_text(json.dumps(failed))
+    (entry,) = [d.as_dict() for d in dumps.scan(tmp_path)]
+    assert not entry["Complete"] and entry["Error"] == "192.0.2.1: connection refused"
+    # A record that says nothing of how it went did not arrive.
+    (folder / dumps.METADATA).write_text(json.dumps({**GOOD, "location": url}))
+    (entry,) = [d.as_dict() for d in dumps.scan(tmp_path)]
+    assert not entry["Complete"] and entry["Error"] == "capture did not finish"

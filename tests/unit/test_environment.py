@@ -4,6 +4,7 @@ tests in tests/vm/test_capture_initramfs.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kdumpd import config, cpio, elf, environment, init
+from kdumpd import config, cpio, elf, environment, init, network, target
 
 PYTHON = os.path.realpath("/usr/bin/python3")
 ROOT_UUID = "c35783c3-a793-4b3a-84c0-eb82205194aa"
@@ -234,9 +235,13 @@ def _installed(root: Path, path: str, data: bytes = b"#!/bin/sh\n") -> None:
     (root / path).chmod(0o755)
 
 
-def _plan(root: Path, cfg: config.Config) -> tuple[dict[str, object], str, Path]:
+def _plan(
+    root: Path, cfg: config.Config, more_modules: str = ""
+) -> tuple[dict[str, object], str, Path]:
     """plan() on a fake machine: the archive's settings, its /init, and where it unpacked."""
     modules = _modules_dir(root)
+    with (modules / "modules.dep").open("a") as dep:
+        dep.write(more_modules)
     for line in (modules / "modules.dep").read_text().splitlines():
         _installed(modules.parent.parent.parent, f"lib/modules/{modules.name}/{line.split(':')[0]}")
     for program in ("usr/bin/busybox", "usr/bin/makedumpfile", "usr/sbin/blkid", "usr/bin/py"):
@@ -464,3 +469,58 @@ def test_a_new_library_directory_plans_again(tmp_path: Path) -> None:
     assert _recall(root, version, cache) is not None
     (root / "etc/ld.so.conf.d/x86_64-linux-gnu.conf").write_text("/opt/lib\n")
     assert _recall(root, version, cache) is None
+
+
+ROUTE = network.Route("192.0.2.1", "ens3", "52:54:00:c0:00:02", "192.0.2.2", "", 1500,
+                      ("virtio_net", "virtio_pci"))  # fmt: skip
+
+
+def test_a_dump_sent_over_ssh_takes_the_nic_s_drivers_and_the_way_the_check_found(
+    tmp_path: Path,
+) -> None:
+    root = machine(tmp_path, ROOT_MOUNT)
+    key = tmp_path / "id_ed25519"
+    key.write_text("a key\n")
+    key.chmod(0o600)
+    _installed(root, "usr/bin/ssh")
+    (root / "etc/hostname").write_text("web-1.example.org\n")
+    (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    url = "ssh://kdump@dumps.example/srv/dumps"
+    cfg = config.Config(target=target.parse(url), ssh_key=key)
+    net = (
+        "kernel/drivers/net/virtio_net.ko: kernel/net/core/failover.ko\n"
+        "kernel/net/core/failover.ko:\n"
+    )
+
+    # Not checked yet: no way known, nothing sent, the plan as without a target.
+    assert environment.sending(cfg, root) == (
+        None, "the way to dumps.example is known once kdumpd-target-check.service checked it"
+    )  # fmt: skip
+    run = root / target.RUN_DIR
+    run.mkdir(parents=True)
+    target.record(target.Verdict(url, str(key), False, "refused", 1, ROUTE), run / target.VERDICT)
+    settings, _, _ = _plan(root, cfg, net)
+    send = settings["send"]
+    assert send == {
+        "url": url,
+        "key": str(key),
+        "known_hosts": str(target.KNOWN_HOSTS),
+        "machine": "web-1-01234567",
+        "route": {**dataclasses.asdict(ROUTE), "modules": list(ROUTE.modules)},
+    }
+    assert settings["modules"] == [  # virtio_pci is built in
+        "/lib/modules/6.1.0-50-amd64/kernel/net/core/failover.ko",
+        "/lib/modules/6.1.0-50-amd64/kernel/drivers/net/virtio_net.ko",
+    ]
+    programs = settings["programs"]
+    assert programs["ssh"] == "/usr/bin/ssh" and programs["busybox"] == "/usr/bin/busybox"  # type: ignore[index]
+    # What stage two makes of them.
+    back = network.Route.from_json(send["route"])
+    assert back == ROUTE
+
+
+def test_the_machine_s_folder_name_is_safe_and_its_own(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/hostname").write_text("we b/1.example\n")
+    (tmp_path / "etc/machine-id").write_text("fedcba9876543210\n")
+    assert environment.machine_name(tmp_path) == "we_b_1-fedcba98"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kdumpd import journal, kernels, requests, reservation, target
+from kdumpd import journal, kernels, network, requests, reservation, target
 from kdumpd.config import Config
 from tests.bzimage import bzimage, xz
 from tests.fakes import GIB, INITRD, KERNEL, MIB, Machine, V, fake_plan
@@ -475,17 +475,88 @@ def test_a_big_machine_captures_with_the_cpus_its_recommendation_counts(
     )
 
 
-def test_a_target_is_not_sent_to_yet_and_says_so(tmp_path: Path) -> None:
-    """Issue 12, first part: the target is parsed; dumps still go to dump_path, said aloud."""
+def test_an_nfs_target_is_not_sent_to_yet_and_says_so(tmp_path: Path) -> None:
     m = Machine(tmp_path)
     m.config.write_text("target: nfs://192.0.2.1/export/dumps\n")
     m.daemon.reload()
     s = m.daemon.status
     assert s.State == "loaded" and s.CrashKernelLoaded
     assert (
-        "warning: target nfs://192.0.2.1/export/dumps: this kdumpd cannot send dumps over the "
-        "network yet; they are saved to /var/crash"
+        "warning: target nfs://192.0.2.1/export/dumps: a crash dump is saved to /var/crash "
+        "instead: this kdumpd sends dumps over ssh only so far"
     ) in s.LastError
+
+
+ROUTE = network.Route("192.0.2.1", "ens3", "52:54:00:c0:00:02", "192.0.2.2", "", 1500,
+                      ("virtio_net", "virtio_pci"))  # fmt: skip
+
+
+def test_the_way_the_check_found_arms_sending_and_a_new_way_loads_again(tmp_path: Path) -> None:
+    """The route comes with the verdict (the daemon has no network): the capture initramfs
+    that sends the dump is loaded then, once per way, not at every check."""
+    m = Machine(tmp_path)
+    (m.root / "usr/bin").mkdir(parents=True, exist_ok=True)
+    (m.root / "usr/bin/ssh").write_bytes(b"")
+    key = tmp_path / "key"
+    key.write_text("a key\n")
+    key.chmod(0o600)
+    url = "ssh://kdump@192.0.2.1/var/crash"
+    m.config.write_text(f"target: {url}\nssh_key: {key}\n")
+    m.daemon.reload()
+    m.daemon.serve(requests.Request(requests.BUILD, ["built"], False, False, 0, 0))
+    s = m.daemon.status
+    assert (s.State, s.CaptureMode) == ("loaded", "initramfs")
+    assert (
+        f"target {url}: a crash dump is saved to /var/crash instead: the way to 192.0.2.1 is "
+        "known once kdumpd-target-check.service checked it"
+    ) in s.LastError
+    loads = len(m.kexec.calls)
+
+    def checked(route: network.Route | None, no_route: str = "") -> None:
+        verdict = target.Verdict(url, str(key), True, "reachable", target.now_usec(), route,
+                                 no_route)  # fmt: skip
+        target.record(verdict, m.daemon.run_dir / target.VERDICT)
+        m.daemon.serve(requests.Request(requests.TARGET, ["verdict"], False, False, 0, 0))
+
+    checked(ROUTE)
+    s = m.daemon.status
+    assert len(m.kexec.calls) == loads + 1, m.kexec.calls
+    assert m.daemon.good is not None and m.daemon.good.route == ROUTE
+    assert f"target {url}: a crash dump is sent there over ens3 (192.0.2.2)" in s.LastError
+    assert "warning" not in s.LastError
+    checked(ROUTE)  # checked again, the same way: nothing to load
+    assert len(m.kexec.calls) == loads + 1
+    via = dataclasses.replace(ROUTE, gateway="192.0.2.254")
+    checked(via)
+    assert len(m.kexec.calls) == loads + 2
+    assert "over ens3 (192.0.2.2 via 192.0.2.254)" in m.daemon.status.LastError
+    checked(None, "no route to 192.0.2.1")  # the network went away: saved here, said why
+    assert len(m.kexec.calls) == loads + 3 and m.daemon.good.route is None
+    assert (
+        "a crash dump is saved to /var/crash instead: no way to 192.0.2.1 was found: no route"
+    ) in m.daemon.status.LastError
+
+
+def test_the_system_s_own_boot_never_sends_and_is_not_loaded_again_for_a_way(
+    tmp_path: Path,
+) -> None:
+    m = Machine(tmp_path, system=True)
+    (m.root / "usr/bin").mkdir(parents=True, exist_ok=True)
+    (m.root / "usr/bin/ssh").write_bytes(b"")
+    key = tmp_path / "key"
+    key.write_text("a key\n")
+    key.chmod(0o600)
+    url = "ssh://kdump@192.0.2.1/var/crash"
+    m.config.write_text(f"target: {url}\nssh_key: {key}\n")
+    m.daemon.reload()
+    loads = len(m.kexec.calls)
+    verdict = target.Verdict(url, str(key), True, "reachable", target.now_usec(), ROUTE)
+    target.record(verdict, m.daemon.run_dir / target.VERDICT)
+    m.daemon.serve(requests.Request(requests.TARGET, ["verdict"], False, False, 0, 0))
+    assert len(m.kexec.calls) == loads
+    assert (
+        "saved to /var/crash instead: capture boots the system's own" in m.daemon.status.LastError
+    )
 
 
 def test_a_missing_ssh_key_is_a_warning_not_a_lost_crash_kernel(tmp_path: Path) -> None:
@@ -531,7 +602,7 @@ def test_the_target_is_checked_for_the_daemon_and_the_verdict_told(tmp_path: Pat
     m.daemon.serve(requests.Request(requests.TARGET, ["verdict"], False, False, 0, 0))
     s = m.daemon.status
     assert f"warning: target {url}: 192.0.2.1: permission denied warning:" in s.LastError
-    assert "not checked yet" not in s.LastError and "cannot send dumps" in s.LastError
+    assert "not checked yet" not in s.LastError and "saved to /var/crash instead" in s.LastError
     assert s.State == "loaded" and s.LastLoadUsec == loaded and not request.exists()
 
     # Another key named: that verdict is not about it.

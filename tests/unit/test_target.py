@@ -202,6 +202,12 @@ def test_a_verdict_file_that_is_not_one_is_no_verdict(tmp_path: Path) -> None:
         assert target.recall(path, SSH, KEY) is None, content
     path.write_bytes(b" " * (1 << 20))
     assert target.recall(path, SSH, KEY) is None
+    good = json.loads(json.dumps(dataclasses.asdict(VERDICT)))
+    for route in ({"host": "192.0.2.1"}, [1], "eth0"):
+        path.write_text(json.dumps({**good, "route": route}))
+        assert target.recall(path, SSH, KEY) is None, route
+    path.write_text(json.dumps({**good, "no_route": 5}))
+    assert target.recall(path, SSH, KEY) is None
     path.unlink()
     assert target.recall(path, SSH, KEY) is None
     os.mkfifo(path)
@@ -228,9 +234,9 @@ REACHABLE = dataclasses.replace(VERDICT, ok=True, message="reachable, writable, 
 def test_the_daemon_s_words_on_its_target(
     key_problem: str, verdict: target.Verdict | None, asked: int, words: str
 ) -> None:
-    said = target.status_words(SSH, key_problem, verdict, asked, "/var/crash")
+    said = target.status_words(SSH, key_problem, verdict, asked, "warning: where they go")
     assert said.startswith(words), said
-    assert said.endswith("cannot send dumps over the network yet; they are saved to /var/crash")
+    assert said.endswith(" warning: where they go")
 
 
 def test_what_a_server_prints_is_not_sent_on_as_terminal_escapes(tmp_path: Path) -> None:

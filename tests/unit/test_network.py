@@ -1,0 +1,122 @@
+"""The way to a target, from a fake /proc/net/route and sysfs (the real one: the daemon's
+check and the crash kernel in tests/vm/test_target.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from pathlib import Path
+
+import pytest
+
+from kdumpd import network
+
+# /proc/net/route of a guest with 192.0.2.2/24 on ens3 and a default route via 192.0.2.254,
+# plus a more specific route to 198.51.100.0/24 on ens4 (metric 100 and 50).
+PROC_NET_ROUTE = """\
+Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+ens3\t00000000\tFE0200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
+ens3\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+ens4\t006433C6\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0
+ens5\t006433C6\t00000000\t0001\t0\t0\t50\t00FFFFFF\t0\t0\t0
+ens6\t00000000\t00000000\t0000\t0\t0\t0\t00000000\t0\t0\t0
+"""
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("192.0.2.1", ("ens3", "")),  # on the link
+        ("203.0.113.7", ("ens3", "192.0.2.254")),  # the default route's gateway
+        ("198.51.100.9", ("ens5", "")),  # the longest prefix, then the lowest metric
+    ],
+)
+def test_the_route_is_the_longest_match_with_its_gateway(
+    host: str, expected: tuple[str, str]
+) -> None:
+    assert network.route_to(ipaddress.IPv4Address(host), PROC_NET_ROUTE) == expected
+
+
+def test_no_route_says_so() -> None:
+    header = PROC_NET_ROUTE.splitlines()[0]
+    with pytest.raises(network.NoRoute, match=r"no route to 192\.0\.2\.1"):
+        network.route_to(ipaddress.IPv4Address("192.0.2.1"), header)
+
+
+def _sysfs(root: Path) -> None:
+    """ens3: virtio_net on virtio0 on a PCI device driven by virtio_pci; lo is virtual."""
+    pci = root / "sys/devices/pci0000:00/0000:00:03.0"
+    dev = pci / "virtio0"
+    for device, module in ((dev, "virtio_net"), (pci, "virtio_pci")):
+        device.mkdir(parents=True, exist_ok=True)
+        drv = root / f"sys/bus/x/drivers/{module}"
+        (root / f"sys/module/{module}").mkdir(parents=True)
+        drv.mkdir(parents=True)
+        (drv / "module").symlink_to(os.path.relpath(root / f"sys/module/{module}", drv))
+        (device / "driver").symlink_to(os.path.relpath(drv, device))
+    net = dev / "net/ens3"
+    net.mkdir(parents=True)
+    (net / "address").write_text("52:54:00:C0:00:02\n")
+    (net / "carrier").write_text("1\n")
+    (root / "sys/class/net").mkdir(parents=True)
+    (root / "sys/class/net/ens3").symlink_to(os.path.relpath(net, root / "sys/class/net"))
+    (net / "device").symlink_to(os.path.relpath(dev, net))
+    (root / "sys/devices/virtual/net/lo").mkdir(parents=True)
+    (root / "sys/devices/virtual/net/lo/address").write_text("00:00:00:00:00:00\n")
+    (root / "sys/class/net/lo").symlink_to("../../devices/virtual/net/lo")
+
+
+def test_the_drivers_are_the_device_s_and_its_buses(tmp_path: Path) -> None:
+    _sysfs(tmp_path)
+    assert network.drivers(tmp_path, "ens3") == ("virtio_net", "virtio_pci")
+    with pytest.raises(network.NoRoute, match="lo is a virtual interface"):
+        network.drivers(tmp_path, "lo")
+
+
+def test_the_interface_is_found_again_by_its_mac(tmp_path: Path) -> None:
+    _sysfs(tmp_path)
+    assert network.interface_with("52:54:00:c0:00:02", tmp_path) == "ens3"
+    assert network.interface_with("52:54:00:c0:00:99", tmp_path) is None
+    assert network.carrier("ens3", tmp_path) and not network.carrier("lo", tmp_path)
+
+
+ROUTE = network.Route("192.0.2.1", "ens3", "52:54:00:c0:00:02", "192.0.2.2", "", 1500,
+                      ("virtio_net", "virtio_pci"))  # fmt: skip
+
+
+def test_busybox_ip_makes_a_host_route_on_the_link_or_through_the_gateway() -> None:
+    assert network.commands(ROUTE, "eth0") == [
+        ["link", "set", "dev", "eth0", "mtu", "1500", "up"],
+        ["addr", "add", "192.0.2.2/32", "dev", "eth0"],
+        ["route", "add", "192.0.2.1/32", "dev", "eth0"],
+    ]
+    via = dataclasses.replace(ROUTE, host="203.0.113.7", gateway="192.0.2.254")
+    assert network.commands(via, "eth0")[2:] == [
+        ["route", "add", "192.0.2.254/32", "dev", "eth0"],
+        ["route", "add", "203.0.113.7/32", "via", "192.0.2.254", "dev", "eth0"],
+    ]
+
+
+def test_a_route_from_a_verdict_file_is_checked_field_by_field() -> None:
+    good = {**dataclasses.asdict(ROUTE), "modules": list(ROUTE.modules)}
+    assert network.Route.from_json(good) == ROUTE
+    bad: object
+    for bad in (
+        [],
+        {**good, "extra": 1},
+        {k: v for k, v in good.items() if k != "mtu"},
+        {**good, "mtu": "1500"},
+        {**good, "host": "not an address"},
+        {**good, "gateway": "::1"},
+        {**good, "modules": "virtio_net"},
+        {**good, "modules": [1]},
+        {**good, "interface": None},
+    ):
+        with pytest.raises(ValueError):
+            network.Route.from_json(bad)
+
+
+def test_this_machine_is_no_target() -> None:
+    with pytest.raises(network.NoRoute, match=r"127\.0\.0\.1 is this machine"):
+        network.find("127.0.0.1")
