@@ -644,7 +644,7 @@ def sending(cfg: config.Config, sysroot: Path = Path("/")) -> tuple[network.Rout
         which(sysroot, "ssh")
     except Unreachable:
         return None, "ssh is not installed (Debian: openssh-client)"
-    verdict = target.recall(sysroot / target.RUN_DIR / target.VERDICT, t, cfg.ssh_key)
+    verdict = target.recall(sysroot / target.RUN_DIR / target.VERDICT, t, None)
     if verdict is None:
         return None, f"the way to {t.host} is known once kdumpd-target-check.service checked it"
     if verdict.route is None:

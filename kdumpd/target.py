@@ -308,9 +308,10 @@ def record(verdict: Verdict, path: Path) -> None:
     tmp.rename(path)
 
 
-def recall(path: Path, t: Target, key: Path) -> Verdict | None:
-    """The last verdict on this target checked with this key; None if there is none (not
-    checked yet, or checked when the config named another target or key)."""
+def recall(path: Path, t: Target, key: Path | None) -> Verdict | None:
+    """The last verdict on this target checked with this key (None: with any key, for the
+    way to the host, which no key changes); None if there is none (not checked yet, or
+    checked when the config named another target or key)."""
     try:
         found: Any = json.loads(safefile.read(path, _VERDICT_LIMIT, follow_symlinks=False))
         route = found.pop("route", None)
@@ -322,7 +323,7 @@ def recall(path: Path, t: Target, key: Path) -> Verdict | None:
         return None
     if type(verdict.time_usec) is not int:
         return None
-    if (verdict.url, verdict.key) != (t.url, _key_used(t, key)):
+    if verdict.url != t.url or (key is not None and verdict.key != _key_used(t, key)):
         return None
     return verdict
 

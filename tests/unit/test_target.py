@@ -175,7 +175,9 @@ def test_a_verdict_is_recalled_for_its_own_target_and_key_only(tmp_path: Path) -
     target.record(VERDICT, path)
     assert target.recall(path, SSH, KEY) == VERDICT
     assert target.recall(path, SSH, Path("/etc/kdumpd/other")) is None
+    assert target.recall(path, SSH, None) == VERDICT  # for the way there, which no key changes
     assert target.recall(path, SshTarget("kdump", "192.0.2.1", 22, "/srv/dumps"), KEY) is None
+    assert target.recall(path, SshTarget("kdump", "192.0.2.1", 22, "/srv/dumps"), None) is None
     nfs = NfsTarget("192.0.2.1", "/srv/dumps")
     target.record(target.Verdict(nfs.url, "", True, "reachable, writable, 5 MiB free"), path)
     recalled = target.recall(path, nfs, KEY)  # nfs uses no key: any will do
