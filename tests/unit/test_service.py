@@ -491,10 +491,8 @@ ROUTE = network.Route("192.0.2.1", "ens3", "52:54:00:c0:00:02", "192.0.2.2", "",
                       ("virtio_net", "virtio_pci"))  # fmt: skip
 
 
-def test_the_way_the_check_found_arms_sending_and_a_new_way_loads_again(tmp_path: Path) -> None:
-    """The route comes with the verdict (the daemon has no network): the capture initramfs
-    that sends the dump is loaded then, once per way, not at every check."""
-    m = Machine(tmp_path)
+def _ssh_target(m: Machine, tmp_path: Path) -> tuple[str, Path]:
+    """An ssh target in the config, its key, and ssh installed."""
     (m.root / "usr/bin").mkdir(parents=True, exist_ok=True)
     (m.root / "usr/bin/ssh").write_bytes(b"")
     key = tmp_path / "key"
@@ -502,6 +500,14 @@ def test_the_way_the_check_found_arms_sending_and_a_new_way_loads_again(tmp_path
     key.chmod(0o600)
     url = "ssh://kdump@192.0.2.1/var/crash"
     m.config.write_text(f"target: {url}\nssh_key: {key}\n")
+    return url, key
+
+
+def test_the_way_the_check_found_arms_sending_and_a_new_way_loads_again(tmp_path: Path) -> None:
+    """The route comes with the verdict (the daemon has no network): the capture initramfs
+    that sends the dump is loaded then, once per way, not at every check."""
+    m = Machine(tmp_path)
+    url, key = _ssh_target(m, tmp_path)
     m.daemon.reload()
     m.daemon.serve(requests.Request(requests.BUILD, ["built"], False, False, 0, 0))
     s = m.daemon.status
@@ -541,13 +547,7 @@ def test_the_system_s_own_boot_never_sends_and_is_not_loaded_again_for_a_way(
     tmp_path: Path,
 ) -> None:
     m = Machine(tmp_path, system=True)
-    (m.root / "usr/bin").mkdir(parents=True, exist_ok=True)
-    (m.root / "usr/bin/ssh").write_bytes(b"")
-    key = tmp_path / "key"
-    key.write_text("a key\n")
-    key.chmod(0o600)
-    url = "ssh://kdump@192.0.2.1/var/crash"
-    m.config.write_text(f"target: {url}\nssh_key: {key}\n")
+    url, key = _ssh_target(m, tmp_path)
     m.daemon.reload()
     loads = len(m.kexec.calls)
     verdict = target.Verdict(url, str(key), True, "reachable", target.now_usec(), ROUTE)
