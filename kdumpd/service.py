@@ -306,12 +306,13 @@ class Daemon:
             self._set(**changes)
         return self.status
 
-    def reload(self, force: bool = True, why: str = "") -> None:
+    def reload(self, force: bool = True, why: str = "", checked: bool = False) -> None:
         """Re-read the config, re-check the reservation, load the crash kernel.
 
         Unforced (see requests.py for which requests are): only when the config or the
         chosen kernel's files differ from what the last reload read, so events that change
-        nothing load nothing. `why` is what asked for it, for the journal.
+        nothing load nothing. `why` is what asked for it, for the journal. `checked`: the
+        target's verdict asked for it, so no new check is asked for.
         """
         try:
             if not force and self._unchanged():
@@ -325,7 +326,7 @@ class Daemon:
             if why:
                 journal.send(journal.INFO, f"reloading the crash kernel: {why}")
             self._began = time.monotonic()
-            self._reload()
+            self._reload(checked)
         except Failure as failure:
             self._fail(failure.state, str(failure))
         except OSError as e:  # a file vanished between choosing and reading it
@@ -421,7 +422,9 @@ class Daemon:
                 priority = journal.INFO if verdict.ok else journal.WARNING
                 journal.send(priority, str(verdict), target_url=verdict.url)
             if changed := self._way_changed(cfg):
-                self.reload(force=True, why=changed)
+                # Not checked again: this verdict is new, and a load that fails must not
+                # ask for the check whose verdict would try it again, and again.
+                self.reload(force=True, why=changed, checked=True)
                 return
         self._set(LastError=self._last_error())
 
@@ -487,7 +490,7 @@ class Daemon:
         self.config = cfg
         return cfg
 
-    def _reload(self) -> None:
+    def _reload(self, checked: bool) -> None:
         # What _unchanged compares with: each file's identity taken before it is read, so
         # a change while reading makes the next unforced reload read it again.
         config_id = identity(self.config_path, skew.installed_path(self.sysroot))
@@ -552,7 +555,7 @@ class Daemon:
             key = config.ssh_key_problem(cfg)
             if key:
                 journal.send(journal.WARNING, f"warning: {key}")
-            if key is None:
+            if key is None and not checked:
                 self._ask_target_check()
         if size.why_one:
             journal.send(journal.NOTICE, f"capture keeps one CPU: {size.why_one}")

@@ -524,9 +524,12 @@ def test_the_way_the_check_found_arms_sending_and_a_new_way_loads_again(tmp_path
         target.record(verdict, m.daemon.run_dir / target.VERDICT)
         m.daemon.serve(requests.Request(requests.TARGET, ["verdict"], False, False, 0, 0))
 
+    request = m.daemon.run_dir / target.CHECK_REQUEST
+    request.unlink()  # as the check does first
     checked(ROUTE)
     s = m.daemon.status
     assert len(m.kexec.calls) == loads + 1, m.kexec.calls
+    assert not request.exists()  # the verdict that loaded it is new: no other check asked for
     assert m.daemon.good is not None and m.daemon.good.route == ROUTE
     assert f"target {url}: a crash dump is sent there over ens3 (192.0.2.2)" in s.LastError
     assert "warning" not in s.LastError
