@@ -19,7 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from kdumpd import config, crashtest, dumps, journal, remote, reservation, safefile, skew, vmcore
+from kdumpd import (
+    config,
+    crashtest,
+    dumps,
+    journal,
+    network,
+    remote,
+    reservation,
+    safefile,
+    skew,
+    vmcore,
+)
 from kdumpd.sizes import human_size
 
 VMCORE = Path("/proc/vmcore")
@@ -223,6 +234,7 @@ class Capture:
     cfg: config.Config
     source: Path = VMCORE
     sender: remote.Ssh | None = None  # sending to a target; the folder here is its record
+    network_up: Callable[[], None] = lambda: None  # the way to the sender's host, made
     # The dump's capture.log: kept after the reboot, where the crash kernel's journal is not.
     log: Path | None = field(default=None, init=False)
     folder: Path | None = field(default=None, init=False)  # once made
@@ -259,6 +271,7 @@ class Capture:
         try:
             panic = self._dmesg(folder)
             if self.sender:
+                self.network_up()
                 free = self.sender.prepare(folder.name, self.cfg.keep_dumps, self._say)
                 prepared = True
                 check_space(free, self.cfg.min_free_space, location)
@@ -267,7 +280,7 @@ class Capture:
                 stat = os.statvfs(root)
                 check_space(stat.f_bavail * stat.f_frsize, self.cfg.min_free_space, root)
                 size, compression = self._dump(folder)
-        except (CaptureError, remote.SendError) as e:
+        except (CaptureError, remote.SendError, network.NoRoute) as e:
             error = self.error = str(e)
             self._say(f"capture FAILED: {error}")
         meta = metadata(
@@ -320,7 +333,7 @@ class Capture:
             sender.put(folder.name, dumps.CAPTURE_LOG, log)
             sender.close()
         except (remote.SendError, OSError, subprocess.SubprocessError) as e:
-            say(f"could not send the kernel log and metadata: {e}")
+            self._say(f"could not send the kernel log and metadata: {e}")
 
     def _dmesg(self, folder: Path) -> str:
         target = folder / dumps.DMESG
@@ -383,13 +396,17 @@ def action_after(cfg: config.Config, ok: bool) -> str:
     return cfg.final_action if ok else cfg.failure_action
 
 
-def save(cfg: config.Config, sender: remote.Ssh | None = None) -> bool:
+def save(
+    cfg: config.Config,
+    sender: remote.Ssh | None = None,
+    network_up: Callable[[], None] = lambda: None,
+) -> bool:
     """Save the dump and say how it went and what comes next; True when it is complete."""
     if not VMCORE.exists():
         say(f"{VMCORE} does not exist: this is not a crash kernel; nothing to do")
         ok = False
     else:
-        capture = Capture(cfg, sender=sender)
+        capture = Capture(cfg, sender=sender, network_up=network_up)
         try:
             ok = capture.run()
         except Exception as e:  # a bug too: still recorded, still the failure action

@@ -122,14 +122,12 @@ def bring_up(route: network.Route, busybox: str) -> None:
     capture.say(f"{interface} up as {route.address}, for {route.host} after {_uptime()} s")
 
 
-def sender(send: dict[str, Any], programs: dict[str, str]) -> remote.Ssh:
+def sender(send: dict[str, Any], programs: dict[str, str]) -> tuple[remote.Ssh, network.Route]:
     route = network.Route.from_json(send["route"])
-    bring_up(route, programs["busybox"])
     t = target.parse(send["url"])
     assert isinstance(t, target.SshTarget)
     key, known = Path(send["key"]), Path(send["known_hosts"])
-    remote.CONTROL.parent.mkdir(parents=True, exist_ok=True)
-    return remote.Ssh(t, route.host, key, known, send["machine"], programs["ssh"])
+    return remote.Ssh(t, route.host, key, known, send["machine"], programs["ssh"]), route
 
 
 def run(settings: dict[str, Any]) -> bool:
@@ -141,9 +139,13 @@ def run(settings: dict[str, Any]) -> bool:
         TARGET.mkdir(parents=True, exist_ok=True)
         mount(device, str(TARGET), dump["fstype"], dump["options"])
         capture.say(f"{device} mounted on {TARGET}")
-    send = settings.get("send") and sender(settings["send"], settings["programs"])
     capture.say(f"capture environment up after {_uptime()} s")
-    return capture.save(capture_config(settings), send or None)
+    if not settings.get("send"):
+        return capture.save(capture_config(settings))
+    send, route = sender(settings["send"], settings["programs"])
+    # Brought up by the capture, so that a network that fails is in the dump's record.
+    busybox = settings["programs"]["busybox"]
+    return capture.save(capture_config(settings), send, lambda: bring_up(route, busybox))
 
 
 def finish(action: str, programs: dict[str, str]) -> None:

@@ -45,10 +45,17 @@ class Ssh:
     program: str = "ssh"
     control: Path = CONTROL
 
+    @property
+    def host_key_name(self) -> str:
+        """The name the host key is known by: the configured one, as ssh records it on
+        first contact ([host]:port for a port other than 22); ssh connects to the address."""
+        t = self.target
+        return t.host if t.port == 22 else f"[{t.host}]:{t.port}"
+
     def _options(self) -> list[str]:
         return [
             *target.ssh_options(self.target, self.key, self.known_hosts),
-            "-o", f"HostKeyAlias={self.target.host}",
+            "-o", f"HostKeyAlias={self.host_key_name}",
             "-o", "ControlMaster=auto",
             "-o", f"ControlPath={self.control}",
             "-o", "ControlPersist=120",

@@ -465,3 +465,28 @@ def test_min_free_space_is_the_target_s(sending: capture.Capture, tmp_path: Path
     assert "below min_free_space" in sending.error and "ssh://kdump@dumps.example/" in sending.error
     (there,) = _server(tmp_path).iterdir()
     assert {p.name for p in there.iterdir()} == {dumps.DMESG, dumps.METADATA, dumps.CAPTURE_LOG}
+
+
+def test_a_way_that_does_not_come_up_is_in_the_record(sending: capture.Capture) -> None:
+    from kdumpd import network
+
+    def no_link() -> None:
+        raise network.NoRoute("eth0 has no link within 30 s")
+
+    sending.network_up = no_link
+    assert not sending.run()
+    (listed,) = dumps.scan(sending.cfg.dump_path)
+    assert not listed.complete and listed.error == "eth0 has no link within 30 s"
+    assert listed.location.startswith("ssh://kdump@dumps.example/")
+
+
+def test_the_host_key_is_looked_up_by_the_name_ssh_recorded_it_under(
+    sending: capture.Capture,
+) -> None:
+    """ssh-copy-id (kdumpd target-setup) records [host]:port for a port other than 22."""
+    import dataclasses
+
+    assert sending.sender is not None
+    assert sending.sender.host_key_name == "dumps.example"
+    other = dataclasses.replace(sending.sender.target, port=2222)
+    assert dataclasses.replace(sending.sender, target=other).host_key_name == "[dumps.example]:2222"
