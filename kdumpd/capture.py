@@ -233,7 +233,7 @@ def _mount_dump_path(dump_path: Path) -> None:
 class Capture:
     cfg: config.Config
     source: Path = VMCORE
-    sender: remote.Ssh | None = None  # sending to a target; the folder here is its record
+    sender: remote.Sender | None = None  # sending to a target; the folder here is its record
     network_up: Callable[[], None] = lambda: None  # the way to the sender's host, made
     # The dump's capture.log: kept after the reboot, where the crash kernel's journal is not.
     log: Path | None = field(default=None, init=False)
@@ -275,11 +275,14 @@ class Capture:
                 free = self.sender.prepare(folder.name, self.cfg.keep_dumps, self._say)
                 prepared = True
                 check_space(free, self.cfg.min_free_space, location)
-                size, compression = self._send(self.sender, folder.name)
+                if isinstance(self.sender, remote.Nfs):  # mounted: written as here
+                    size, compression = self._dump(self.sender.folder(folder.name), location)
+                else:
+                    size, compression = self._send(self.sender, folder.name)
             else:
                 stat = os.statvfs(root)
                 check_space(stat.f_bavail * stat.f_frsize, self.cfg.min_free_space, root)
-                size, compression = self._dump(folder)
+                size, compression = self._dump(folder, str(root))
         except (CaptureError, remote.SendError, network.NoRoute) as e:
             error = self.error = str(e)
             self._say(f"capture FAILED: {error}")
@@ -321,7 +324,7 @@ class Capture:
             raise CaptureError(f"makedumpfile failed: {(output[-1:] or [f'exit {returncode}'])[0]}")
         return sender.complete(name), compression
 
-    def _beside(self, sender: remote.Ssh, folder: Path, meta: str) -> None:
+    def _beside(self, sender: remote.Sender, folder: Path, meta: str) -> None:
         """The kernel log, metadata and capture log beside the sent dump (best effort: the
         dump is whole without them, and their copies stay here)."""
         try:
@@ -375,7 +378,8 @@ class Capture:
         self._say(" ".join(command))
         return command, compression
 
-    def _dump(self, folder: Path) -> tuple[int, str]:
+    def _dump(self, folder: Path, where: str) -> tuple[int, str]:
+        """makedumpfile into the folder (`where` is what messages call it)."""
         incomplete = folder / dumps.INCOMPLETE
         command, compression = self._command(incomplete)
         returncode, output = run_makedumpfile(command)
@@ -384,7 +388,7 @@ class Capture:
             reason = output[-1:] or [f"exit {returncode}"]
             if any("No space left" in line for line in output):
                 incomplete.unlink(missing_ok=True)  # a partial dump must not fill the disk
-                reason = [f"the dump file system is full ({self.cfg.dump_path})"]
+                reason = [f"the dump file system is full ({where})"]
             raise CaptureError(f"makedumpfile failed: {reason[0]}")
         safefile.fsync(incomplete)
         incomplete.rename(folder / dumps.VMCORE)
@@ -398,7 +402,7 @@ def action_after(cfg: config.Config, ok: bool) -> str:
 
 def save(
     cfg: config.Config,
-    sender: remote.Ssh | None = None,
+    sender: remote.Sender | None = None,
     network_up: Callable[[], None] = lambda: None,
 ) -> bool:
     """Save the dump and say how it went and what comes next; True when it is complete."""

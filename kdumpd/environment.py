@@ -578,17 +578,34 @@ def _stage_one(busybox: str, lvm: str, root: Target, modules: list[str], cfg: co
 
 
 def _send_settings(it: Intent) -> dict[str, object] | None:
-    """What stage two needs to send the dump (remote.Ssh's fields, and the route)."""
+    """What stage two needs to send the dump (remote.Ssh's or Nfs's fields, the route)."""
     t = it.cfg.target
-    if it.route is None or not isinstance(t, target.SshTarget):
+    if it.route is None or t is None:
         return None
+    ssh = {"key": str(it.cfg.ssh_key), "known_hosts": str(target.KNOWN_HOSTS)}
     return {
         "url": t.url,
-        "key": str(it.cfg.ssh_key),
-        "known_hosts": str(target.KNOWN_HOSTS),
+        **(ssh if isinstance(t, target.SshTarget) else {}),
         "machine": it.machine,
         "route": dataclasses.asdict(it.route),
     }
+
+
+# The kernel's NFS client, mounting by itself in stage two (init.mount_export): the
+# versions it tries, those this kernel has.
+NFS_MODULES = ("nfsv4", "nfsv3")
+
+
+def _sender_modules(it: Intent, index: ModuleIndex) -> set[str]:
+    """The NIC's drivers, and for an NFS target the NFS client's modules."""
+    if it.route is None:
+        return set()
+    if not isinstance(it.cfg.target, target.NfsTarget):
+        return set(it.route.modules)
+    nfs = {m for m in NFS_MODULES if index.resolve(m)}
+    if not nfs:
+        raise Unreachable(f"kernel {it.version} has no NFS client (modules {NFS_MODULES})")
+    return set(it.route.modules) | nfs
 
 
 def _target_settings(t: Target) -> dict[str, object]:
@@ -636,14 +653,13 @@ def sending(cfg: config.Config, sysroot: Path = Path("/")) -> tuple[network.Rout
     t = cfg.target
     if t is None:
         return None, ""
-    if isinstance(t, target.NfsTarget):
-        return None, "this kdumpd sends dumps over ssh only so far"
-    if config.ssh_key_problem(cfg):
-        return None, f"its key {cfg.ssh_key} cannot be used"
-    try:
-        which(sysroot, "ssh")
-    except Unreachable:
-        return None, "ssh is not installed (Debian: openssh-client)"
+    if isinstance(t, target.SshTarget):
+        if config.ssh_key_problem(cfg):
+            return None, f"its key {cfg.ssh_key} cannot be used"
+        try:
+            which(sysroot, "ssh")
+        except Unreachable:
+            return None, "ssh is not installed (Debian: openssh-client)"
     verdict = target.recall(sysroot / target.RUN_DIR / target.VERDICT, t, None)
     if verdict is None:
         return None, f"the way to {t.host} is known once kdumpd-target-check.service checked it"
@@ -680,7 +696,9 @@ def intent(cfg: config.Config, version: str, sysroot: Path = Path("/"), python: 
     busybox = which(sysroot, "busybox")
     route, _ = sending(cfg, sysroot)
     if route:
-        programs.update(ssh=which(sysroot, "ssh"), busybox=busybox)
+        programs["busybox"] = busybox
+        if isinstance(cfg.target, target.SshTarget):
+            programs["ssh"] = which(sysroot, "ssh")
     machine = machine_name(sysroot) if route else ""
     return Intent(version, python, root, dump, busybox, lvm, programs, cfg, route, machine)
 
@@ -700,7 +718,7 @@ def plan(cfg: config.Config, version: str, sysroot: Path = Path("/"), python: st
     index = ModuleIndex.read(sysroot / f"lib/modules/{it.version}", sources)
     on_root = dump.uuid == root.uuid
     directory = f"/lib/modules/{it.version}"
-    drivers = (set() if on_root else set(dump.modules)) | set(it.route.modules if it.route else ())
+    drivers = (set() if on_root else set(dump.modules)) | _sender_modules(it, index)
     settings = {
         "target": None if on_root else _target_settings(dump),
         "dump_path": str(cfg.dump_path),

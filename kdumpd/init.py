@@ -2,7 +2,8 @@
 from its root file system, which stage one (the capture initramfs's /init, written by
 kdumpd/environment.py) has mounted. It mounts the dump file system by UUID when it is
 not the root's (loading its drivers, activating LVM), brings up the way to the target
-when the dump is sent there (kdumpd/network.py), runs the capture, and reboots.
+when the dump is sent there (kdumpd/network.py) and mounts an NFS export, runs the
+capture, and reboots.
 
 It must never return (the kernel would panic), so every failure ends in the configured
 failure action. The system calls are libc's, through ctypes; finit_module has no libc
@@ -12,9 +13,11 @@ wrapper and goes through syscall(2).
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import lzma
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -27,9 +30,15 @@ TARGET = Path("/run/kdumpd/target")  # where the dump file system is mounted
 FINIT_MODULE = {"x86_64": 313, "aarch64": 273, "riscv64": 273, "s390x": 344, "ppc64le": 353}
 MODULE_INIT_COMPRESSED_FILE = 4  # a .ko.zst: the kernel decompresses it (6.4 and later)
 EEXIST = 17  # a module that is built in, or loaded already (stage one loads the root's)
+EPROTONOSUPPORT, ETIMEDOUT = 93, 110
 # reboot(2) commands (linux/reboot.h)
 REBOOT = {"reboot": 0x01234567, "poweroff": 0x4321FEDC, "halt": 0xCDEF0123}
 DEVICE_TIMEOUT_S = 60.0
+NFS_MOUNT = Path("/run/kdumpd/nfs")
+# Tried in this order, the next only when the server does not speak one (as mount.nfs
+# negotiates); each try ends within NFS_TIMEOUT_S whatever the network does.
+NFS_VERSIONS = ("4.2", "4.1", "4.0", "3")
+NFS_TIMEOUT_S = 60.0
 LVM_CONFIG = (
     "devices { obtain_device_list_from_udev = 0 } "
     "activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }"
@@ -122,12 +131,71 @@ def bring_up(route: network.Route, busybox: str) -> None:
     capture.say(f"{interface} up as {route.address}, for {route.host} after {_uptime()} s")
 
 
-def sender(send: dict[str, Any], programs: dict[str, str]) -> tuple[remote.Ssh, network.Route]:
+def nfs_options(version: str, route: network.Route) -> str:
+    """What mount.nfs would hand the kernel, with the addresses found before the crash (no
+    DNS here, and no rpc.statd: NFSv3 without locks). soft: a server that goes away fails
+    the capture (EIO after 2 tries of 10 s) instead of hanging it."""
+    common = f"addr={route.host},proto=tcp,soft,timeo=100,retrans=2"
+    if version == "3":
+        return f"vers=3,{common},mountproto=tcp,nolock"
+    return f"vers={version},{common},clientaddr={route.address}"
+
+
+def _bounded(call: Any, timeout: float) -> int:
+    """call() in a child process, killed after `timeout` (an NFS mount may wait long on a
+    server that does not answer): its errno, 0 when it worked. The child shares this
+    process's mounts, so what it mounted stays."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            call()
+            os._exit(0)
+        except OSError as e:
+            os._exit(e.errno or 1)
+        except BaseException:
+            os._exit(1)
+    deadline = time.monotonic() + timeout
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)  # its RPC waits are killable
+            os.waitpid(pid, 0)
+            return ETIMEDOUT
+        time.sleep(0.1)
+    return os.waitstatus_to_exitcode(done[1])
+
+
+def mount_export(nfs: remote.Nfs, route: network.Route) -> None:
+    """The export at nfs.mountpoint, by the kernel's own NFS client (no mount.nfs)."""
+    # The NFSv4 client's identity carries the node name: every crashed machine's would be
+    # "(none)", and the server would take one for another.
+    socket.sethostname(nfs.machine)
+    nfs.mountpoint.mkdir(parents=True, exist_ok=True)
+    source = f"{route.host}:{nfs.target.path}"
+    for version in NFS_VERSIONS:
+        options = nfs_options(version, route)
+        err = _bounded(functools.partial(mount, source, str(nfs.mountpoint), "nfs", options),
+                       NFS_TIMEOUT_S)  # fmt: skip
+        if err == 0:
+            capture.say(f"{source} mounted (NFS {version}) after {_uptime()} s")
+            return
+        if err != EPROTONOSUPPORT:
+            break
+    raise remote.SendError(f"{nfs.name}: cannot mount {nfs.target.path}: {os.strerror(err)}")
+
+
+def sender(send: dict[str, Any], programs: dict[str, str]) -> tuple[remote.Sender, network.Route]:
     route = network.Route.from_json(send["route"])
     t = target.parse(send["url"])
-    assert isinstance(t, target.SshTarget)
+    if isinstance(t, target.NfsTarget):
+        return remote.Nfs(t, route.host, send["machine"], NFS_MOUNT), route
     key, known = Path(send["key"]), Path(send["known_hosts"])
     return remote.Ssh(t, route.host, key, known, send["machine"], programs["ssh"]), route
+
+
+def network_up(send: remote.Sender, route: network.Route, busybox: str) -> None:
+    bring_up(route, busybox)
+    if isinstance(send, remote.Nfs):
+        mount_export(send, route)
 
 
 def run(settings: dict[str, Any]) -> bool:
@@ -145,7 +213,7 @@ def run(settings: dict[str, Any]) -> bool:
     send, route = sender(settings["send"], settings["programs"])
     # Brought up by the capture, so that a network that fails is in the dump's record.
     busybox = settings["programs"]["busybox"]
-    return capture.save(capture_config(settings), send, lambda: bring_up(route, busybox))
+    return capture.save(capture_config(settings), send, lambda: network_up(send, route, busybox))
 
 
 def finish(action: str, programs: dict[str, str]) -> None:

@@ -1,8 +1,9 @@
-"""Sending a dump over ssh from the crash kernel (capture.py's other way to save it).
+"""Sending a dump to a target from the crash kernel (capture.py's other way to save it):
+over ssh (Ssh), or into an NFS export that stage two has mounted (Nfs).
 
 On the server the dump goes to PATH/<machine>/<folder>/, <machine> being this machine's
 hostname and short machine-id (environment.machine_name), so a fleet's dumps never
-collide. makedumpfile writes its flattened format (-F) to ssh, which writes it to
+collide. Over ssh, makedumpfile writes its flattened format (-F) to ssh, which writes it to
 vmcore.incomplete; only once makedumpfile and ssh both ended well is it renamed vmcore.
 The flattened file is what the server keeps: `makedumpfile -R vmcore.flat < vmcore` makes
 it an ordinary dump again (crash reads the flattened form too). One ssh connection is made
@@ -11,14 +12,16 @@ and shared by the few commands (ControlMaster), so the handshake is paid once.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdumpd import dumps, target
+from kdumpd import dumps, safefile, target
 
 CONTROL = Path("/run/kdumpd/ssh-control")  # the shared connection's socket (a tmpfs)
 COMMAND_TIMEOUT_S = 120
@@ -147,3 +150,55 @@ class Ssh:
             capture_output=True,
             timeout=10,
         )
+
+
+@dataclass(frozen=True)
+class Nfs:
+    """The export mounted at `mountpoint` (init.mount_export): the dump is written there as
+    on a local file system, makedumpfile's own format, vmcore.incomplete renamed vmcore."""
+
+    target: target.NfsTarget
+    address: str  # the host's, found before the crash
+    machine: str
+    mountpoint: Path
+
+    @property
+    def name(self) -> str:
+        host = self.target.host
+        return host if host == self.address else f"{host} ({self.address})"
+
+    def folder(self, name: str) -> Path:
+        return self.mountpoint / self.machine / name
+
+    def location(self, name: str) -> str:
+        return target.NfsTarget(self.target.host, f"{self.target.path}/{self.machine}/{name}").url
+
+    def _failed(self, e: OSError) -> SendError:
+        return SendError(f"{self.name}:{self.target.path}: {e.strerror or e}")
+
+    def prepare(self, name: str, keep: int, say: Callable[[str], None]) -> int:
+        """As Ssh.prepare: the folder made, the oldest dumps beyond keep_dumps removed; the
+        bytes free there."""
+        base = self.mountpoint / self.machine
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            for victim in oldest(os.listdir(base), keep):
+                say(f"removing old dump {self.location(victim)} (keep_dumps: {keep})")
+                shutil.rmtree(base / victim, ignore_errors=True)
+            self.folder(name).mkdir()
+            stat = os.statvfs(self.folder(name))
+        except OSError as e:
+            raise self._failed(e) from None
+        return stat.f_bavail * stat.f_frsize
+
+    def put(self, name: str, file: str, data: bytes) -> None:
+        try:
+            safefile.write_durably(self.folder(name) / file, data)
+        except OSError as e:
+            raise self._failed(e) from None
+
+    def close(self) -> None:
+        """Nothing to close: the export stays mounted until the reboot (synced before)."""
+
+
+Sender = Ssh | Nfs

@@ -76,10 +76,10 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_durably(path: Path, text: str) -> None:
+def write_durably(path: Path, text: str | bytes) -> None:
     """Through a temporary file renamed into place, each fsynced, and the directory too."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
+    tmp.write_bytes(text.encode() if isinstance(text, str) else text)
     fsync(tmp)
     tmp.rename(path)
     fsync(path.parent)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kdumpd import capture, config, dumps, vmcore
+from kdumpd import capture, config, dumps, remote, vmcore
 
 # Real text from a Debian 12 kernel (6.1) after `echo c > /proc/sysrq-trigger`.
 SYSRQ_DMESG = """\
@@ -444,9 +444,69 @@ def test_a_dump_that_did_not_arrive_is_never_named_vmcore_and_says_why_here(
     assert why in listed.error, listed.error
 
 
-def test_retention_applies_on_the_target(sending: capture.Capture, tmp_path: Path) -> None:
+@pytest.fixture
+def to_nfs(fake_crash: capture.Capture, tmp_path: Path) -> capture.Capture:
+    """The capture with an nfs target, its export "mounted" at tmp_path/server/dumps."""
+    from kdumpd import remote, target
+
+    (tmp_path / "server/dumps").mkdir(parents=True)
+    t = target.NfsTarget("dumps.example", "/srv/dumps")
+    sender = remote.Nfs(t, "192.0.2.1", "host-0123abcd", tmp_path / "server/dumps")
+    return capture.Capture(fake_crash.cfg, fake_crash.source, sender)
+
+
+def test_a_dump_written_to_nfs_is_whole_there_and_recorded_here(
+    to_nfs: capture.Capture, tmp_path: Path
+) -> None:
+    assert to_nfs.run()
+    (there,) = _server(tmp_path).iterdir()
+    assert (there / dumps.VMCORE).read_bytes() == b"KDUMP   "  # makedumpfile's own format
+    assert not (there / dumps.INCOMPLETE).exists()
+    assert "sysrq triggered crash" in (there / dumps.DMESG).read_text()
+    assert "makedumpfile Completed." in (there / dumps.CAPTURE_LOG).read_text()
+    (here,) = to_nfs.cfg.dump_path.iterdir()
+    assert here.name == there.name and not (here / dumps.VMCORE).exists()
+    meta = json.loads((here / dumps.METADATA).read_text())
+    assert json.loads((there / dumps.METADATA).read_text()) == meta
+    url = f"nfs://dumps.example/srv/dumps/host-0123abcd/{there.name}"
+    assert meta["location"] == url and meta["complete"] and meta["size_bytes"] == 8
+    (listed,) = dumps.scan(to_nfs.cfg.dump_path)
+    assert (listed.location, listed.complete) == (url, True)
+    assert f"{there}/vmcore.incomplete" in (here / dumps.CAPTURE_LOG).read_text()
+
+
+def test_a_full_export_leaves_no_vmcore_there_and_says_why_here(
+    to_nfs: capture.Capture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_FULL", "1")
+    assert not to_nfs.run()
+    (there,) = _server(tmp_path).iterdir()
+    assert not (there / dumps.VMCORE).exists() and not (there / dumps.INCOMPLETE).exists()
+    (listed,) = dumps.scan(to_nfs.cfg.dump_path)
+    assert not listed.complete and listed.location.startswith("nfs://dumps.example/srv/dumps/")
+    url = f"nfs://dumps.example/srv/dumps/host-0123abcd/{there.name}"
+    assert f"makedumpfile failed: the dump file system is full ({url})" == listed.error
+
+
+def test_an_export_that_cannot_be_written_fails_the_capture_with_the_host(
+    to_nfs: capture.Capture, tmp_path: Path
+) -> None:
+    _server(tmp_path).write_text("")  # where the machine's folder would be
+    assert not to_nfs.run()
+    (listed,) = dumps.scan(to_nfs.cfg.dump_path)
+    assert listed.error == "dumps.example (192.0.2.1):/srv/dumps: File exists"
+
+
+SENDERS = ["sending", "to_nfs"]
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+def test_retention_applies_on_the_target(
+    request: pytest.FixtureRequest, sender: str, tmp_path: Path
+) -> None:
     import dataclasses
 
+    sending: capture.Capture = request.getfixturevalue(sender)
     old = ["2026-01-01-000000-6.1.0-28-amd64", "2026-02-01-000000-6.1.0-28-amd64",
            "2026-03-01-000000-6.1.0-28-amd64", "notes"]  # fmt: skip
     for name in old:
@@ -457,18 +517,31 @@ def test_retention_applies_on_the_target(sending: capture.Capture, tmp_path: Pat
     assert left[0] == "2026-03-01-000000-6.1.0-28-amd64" and left[2] == "notes", left
 
 
-def test_min_free_space_is_the_target_s(sending: capture.Capture, tmp_path: Path) -> None:
+def _url(c: capture.Capture) -> str:
+    return "ssh://kdump@dumps.example/" if isinstance(c.sender, remote.Ssh) else "nfs://dumps."
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+def test_min_free_space_is_the_target_s(
+    request: pytest.FixtureRequest, sender: str, tmp_path: Path
+) -> None:
     import dataclasses
 
+    sending: capture.Capture = request.getfixturevalue(sender)
     sending.cfg = dataclasses.replace(sending.cfg, min_free_space=1 << 62)
     assert not sending.run()
-    assert "below min_free_space" in sending.error and "ssh://kdump@dumps.example/" in sending.error
+    assert "below min_free_space" in sending.error and _url(sending) in sending.error
     (there,) = _server(tmp_path).iterdir()
     assert {p.name for p in there.iterdir()} == {dumps.DMESG, dumps.METADATA, dumps.CAPTURE_LOG}
 
 
-def test_a_way_that_does_not_come_up_is_in_the_record(sending: capture.Capture) -> None:
+@pytest.mark.parametrize("sender", SENDERS)
+def test_a_way_that_does_not_come_up_is_in_the_record(
+    request: pytest.FixtureRequest, sender: str
+) -> None:
     from kdumpd import network
+
+    sending: capture.Capture = request.getfixturevalue(sender)
 
     def no_link() -> None:
         raise network.NoRoute("eth0 has no link within 30 s")
@@ -477,7 +550,7 @@ def test_a_way_that_does_not_come_up_is_in_the_record(sending: capture.Capture) 
     assert not sending.run()
     (listed,) = dumps.scan(sending.cfg.dump_path)
     assert not listed.complete and listed.error == "eth0 has no link within 30 s"
-    assert listed.location.startswith("ssh://kdump@dumps.example/")
+    assert listed.location.startswith(_url(sending))
 
 
 def test_the_host_key_is_looked_up_by_the_name_ssh_recorded_it_under(
@@ -486,7 +559,8 @@ def test_the_host_key_is_looked_up_by_the_name_ssh_recorded_it_under(
     """ssh-copy-id (kdumpd target-setup) records [host]:port for a port other than 22."""
     import dataclasses
 
-    assert sending.sender is not None
-    assert sending.sender.host_key_name == "dumps.example"
-    other = dataclasses.replace(sending.sender.target, port=2222)
-    assert dataclasses.replace(sending.sender, target=other).host_key_name == "[dumps.example]:2222"
+    ssh = sending.sender
+    assert isinstance(ssh, remote.Ssh)
+    assert ssh.host_key_name == "dumps.example"
+    other = dataclasses.replace(ssh.target, port=2222)
+    assert dataclasses.replace(ssh, target=other).host_key_name == "[dumps.example]:2222"

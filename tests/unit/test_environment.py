@@ -519,6 +519,45 @@ def test_a_dump_sent_over_ssh_takes_the_nic_s_drivers_and_the_way_the_check_foun
     assert back == ROUTE
 
 
+def test_a_dump_sent_to_nfs_takes_the_kernel_s_nfs_client_and_needs_no_ssh(
+    tmp_path: Path,
+) -> None:
+    root = machine(tmp_path, ROOT_MOUNT)
+    (root / "etc/hostname").write_text("db-2\n")
+    (root / "etc/machine-id").write_text("fedcba9876543210fedcba9876543210\n")
+    url = "nfs://192.0.2.1/srv/dumps"
+    cfg = config.Config(target=target.parse(url))
+    run = root / target.RUN_DIR
+    run.mkdir(parents=True)
+    target.record(target.Verdict(url, "", True, "reachable", 1, ROUTE), run / target.VERDICT)
+    assert environment.sending(cfg, root) == (ROUTE, "")  # no ssh installed, no key
+    nfs = (
+        "kernel/fs/nfs/nfsv4.ko: kernel/fs/nfs/nfs.ko kernel/net/sunrpc/sunrpc.ko\n"
+        "kernel/fs/nfs/nfs.ko: kernel/net/sunrpc/sunrpc.ko\n"
+        "kernel/net/sunrpc/sunrpc.ko:\n"
+        "kernel/drivers/net/virtio_net.ko:\n"
+    )
+    settings, _, _ = _plan(root, cfg, nfs)
+    assert settings["send"] == {
+        "url": url,
+        "machine": "db-2-fedcba98",
+        "route": {**dataclasses.asdict(ROUTE), "modules": list(ROUTE.modules)},
+    }
+    directory = "/lib/modules/6.1.0-50-amd64/kernel"
+    assert settings["modules"] == [  # nfsv3 is not in this kernel: v4 alone then
+        f"{directory}/net/sunrpc/sunrpc.ko",
+        f"{directory}/fs/nfs/nfs.ko",
+        f"{directory}/fs/nfs/nfsv4.ko",
+        f"{directory}/drivers/net/virtio_net.ko",
+    ]
+    assert "ssh" not in settings["programs"]  # type: ignore[operator]
+
+    # A kernel without an NFS client cannot send there: the plan says so.
+    (root / "lib/modules/6.1.0-50-amd64/modules.dep").write_text("")
+    with pytest.raises(environment.Unreachable, match="has no NFS client"):
+        environment.plan(cfg, "6.1.0-50-amd64", root, python="/usr/bin/py")
+
+
 def test_the_machine_s_folder_name_is_safe_and_its_own(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/hostname").write_text("we b/1.example\n")

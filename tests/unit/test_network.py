@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +121,87 @@ def test_a_route_from_a_verdict_file_is_checked_field_by_field() -> None:
 def test_this_machine_is_no_target() -> None:
     with pytest.raises(network.NoRoute, match=r"127\.0\.0\.1 is this machine"):
         network.find("127.0.0.1")
+
+
+# Stage two's NFS mount (kdumpd/init.py): the kernel's own client, no mount.nfs.
+
+
+def test_nfs_mount_options_carry_the_addresses_found_before_the_crash() -> None:
+    from kdumpd import init
+
+    route = network.Route("192.0.2.1", "eth0", "52:54:00:c0:00:02", "192.0.2.2", "", 1500, ())
+    assert init.nfs_options("4.2", route) == (
+        "vers=4.2,addr=192.0.2.1,proto=tcp,soft,timeo=100,retrans=2,clientaddr=192.0.2.2"
+    )
+    # No rpc.statd in the crash kernel: NFSv3 without locks.
+    assert init.nfs_options("3", route).endswith(",mountproto=tcp,nolock")
+
+
+def _exports(tmp_path: Path, tried: list[str], answers: dict[str, int]) -> Any:
+    from kdumpd import init, remote, target
+
+    def mount(source: str, at: str, fstype: str, options: str) -> None:
+        version = options.split(",")[0].removeprefix("vers=")
+        with (tmp_path / "tried").open("a") as f:  # the child's: a file carries it back
+            f.write(f"{source} {fstype} {version}\n")
+        if answers.get(version):
+            raise OSError(answers[version], os.strerror(answers[version]))
+
+    route = network.Route("192.0.2.1", "eth0", "52:54:00:c0:00:02", "192.0.2.2", "", 1500, ())
+    nfs = remote.Nfs(target.NfsTarget("dumps.example", "/srv/dumps"), "192.0.2.1",
+                     "web-1-01234567", tmp_path / "mnt")  # fmt: skip
+
+    def run() -> None:
+        (tmp_path / "tried").write_text("")
+        try:
+            init.mount_export(nfs, route)
+        finally:
+            tried[:] = (tmp_path / "tried").read_text().splitlines()
+
+    return init, mount, run
+
+
+def test_nfs_versions_are_tried_until_the_server_speaks_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from kdumpd import remote
+
+    tried: list[str] = []
+    names: list[str] = []
+    init, mount, run = _exports(tmp_path, tried, {"4.2": errno.EPROTONOSUPPORT,
+                                                  "4.1": errno.EPROTONOSUPPORT})  # fmt: skip
+    monkeypatch.setattr(init, "mount", mount)
+    monkeypatch.setattr(init.socket, "sethostname", names.append)
+    run()
+    assert tried == ["192.0.2.1:/srv/dumps nfs 4.2", "192.0.2.1:/srv/dumps nfs 4.1",
+                     "192.0.2.1:/srv/dumps nfs 4.0"]  # fmt: skip
+    assert names == ["web-1-01234567"]  # the NFSv4 client's identity: not "(none)"
+
+    # Another error is the server's answer: no other version is tried.
+    init, mount, run = _exports(tmp_path, tried, {"4.2": errno.ECONNREFUSED})
+    monkeypatch.setattr(init, "mount", mount)
+    with pytest.raises(remote.SendError) as refused:
+        run()
+    assert str(refused.value) == (
+        "dumps.example (192.0.2.1): cannot mount /srv/dumps: Connection refused"
+    )
+    assert len(tried) == 1
+
+
+def test_a_mount_that_hangs_ends_within_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import time
+
+    from kdumpd import init
+
+    began = time.monotonic()
+    assert init._bounded(lambda: time.sleep(60), 0.5) == errno.ETIMEDOUT
+    assert time.monotonic() - began < 30
+    assert init._bounded(lambda: None, 5) == 0
+
+    def refused() -> None:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    assert init._bounded(refused, 5) == errno.EACCES

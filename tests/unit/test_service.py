@@ -475,16 +475,26 @@ def test_a_big_machine_captures_with_the_cpus_its_recommendation_counts(
     )
 
 
-def test_an_nfs_target_is_not_sent_to_yet_and_says_so(tmp_path: Path) -> None:
+def test_an_nfs_target_arms_sending_with_the_way_its_check_found(tmp_path: Path) -> None:
+    """No key, no ssh: the verdict's way alone arms it, with the NFS client's modules."""
     m = Machine(tmp_path)
-    m.config.write_text("target: nfs://192.0.2.1/export/dumps\n")
+    url = "nfs://192.0.2.1/export/dumps"
+    m.config.write_text(f"target: {url}\n")
     m.daemon.reload()
+    m.daemon.serve(requests.Request(requests.BUILD, ["built"], False, False, 0, 0))
     s = m.daemon.status
     assert s.State == "loaded" and s.CrashKernelLoaded
     assert (
-        "warning: target nfs://192.0.2.1/export/dumps: a crash dump is saved to /var/crash "
-        "instead: this kdumpd sends dumps over ssh only so far"
+        f"warning: target {url}: a crash dump is saved to /var/crash instead: the way to "
+        "192.0.2.1 is known once kdumpd-target-check.service checked it"
     ) in s.LastError
+    loads = len(m.kexec.calls)
+    verdict = target.Verdict(url, "", True, "reachable", target.now_usec(), ROUTE)
+    target.record(verdict, m.daemon.run_dir / target.VERDICT)
+    m.daemon.serve(requests.Request(requests.TARGET, ["verdict"], False, False, 0, 0))
+    assert len(m.kexec.calls) == loads + 1
+    assert f"target {url}: a crash dump is sent there over ens3" in m.daemon.status.LastError
+    assert m.daemon.good is not None and m.daemon.good.route == ROUTE
 
 
 ROUTE = network.Route("192.0.2.1", "ens3", "52:54:00:c0:00:02", "192.0.2.2", "", 1500,

@@ -2,8 +2,8 @@
 `kdumpd check --target`, against a second guest running Debian's openssh-server and
 nfs-kernel-server. The daemon has no network of its own: at arming it has
 kdumpd-target-check.service check the target (on the real systemd), and LastError tells
-the verdict. A crash dump is sent over ssh by the capture initramfs, the way the check
-found; NFS targets are checked, not sent to yet.
+the verdict. A crash dump is sent over ssh, or written to the NFS export, by the capture
+initramfs, the way the check found.
 
 The two guests share one QEMU socket network carried on 127.0.0.1 (the server listens, the
 client connects) and have no other network interface; their addresses are from
@@ -51,6 +51,14 @@ def _address(g: Guest, address: str) -> None:
     nic = g.run("ls /sys/class/net | grep -v '^lo$'").stdout.split()
     assert len(nic) == 1, nic
     g.run(f"busybox ip addr add {address}/24 dev {nic[0]} && busybox ip link set {nic[0]} up")
+
+
+def _reconnect(g: Guest) -> None:
+    """The test's address back after a reboot (it is not kept), and an interface coming up
+    told as ifupdown tells it (its if-up.d hooks): the target is checked again."""
+    if f"inet {CLIENT}/" not in g.run("busybox ip -4 addr").stdout:
+        _address(g, CLIENT)
+        g.run("IFACE=eth0 MODE=start PHASE=post-up /etc/network/if-up.d/kdumpd")
 
 
 def _daemon_says(g: Guest, *words: str) -> str:
@@ -204,9 +212,56 @@ def test_an_nfs_target_is_checked_before_any_crash(pair: tuple[Guest, Guest]) ->
     assert rc == 1 and f"{SERVER}: /srv/dumps is not writable for root: " in said, said
 
 
-def _sent_dumps(g: Guest) -> list[dict[str, object]]:
+def _sent_dumps(g: Guest, url: str = URL) -> list[dict[str, object]]:
     listed = json.loads(g.run("kdumpd dumps --json").stdout)
-    return [d for d in listed if str(d["Location"]).startswith(URL)]
+    return [d for d in listed if str(d["Location"]).startswith(url)]
+
+
+def _machine(g: Guest) -> str:
+    """The machine's folder on a target: hostname-<8 of the machine-id>."""
+    return g.run("hostname").stdout.strip() + "-" + g.run("head -c 8 /etc/machine-id").stdout
+
+
+def test_a_crash_dump_is_written_to_nfs_and_listed_after_the_reboot(
+    pair: tuple[Guest, Guest],
+) -> None:
+    """Stage two mounts the export with the kernel's own NFS client (no mount.nfs in the
+    crash kernel), as the check found it; the dump is makedumpfile's own format there."""
+    server, client = pair
+    server.write_file("/etc/exports", f"/srv/dumps {CLIENT}/32(rw,no_root_squash,sync)\n".encode())
+    server.run("systemctl start nfs-server.service && exportfs -ra")
+    debs.install(client, "nfs-common")  # the check's mount.nfs (the capture needs none)
+    _reconnect(client)
+    client.write_file("/etc/kdumpd/kdumpd.yaml", f"target: {NFS_URL}\n".encode())
+    said = _daemon_says(client, f"target {NFS_URL}: a crash dump is sent there over ")
+    assert f"({CLIENT})" in said and "warning: target" not in said, said
+    assert wait_armed(client)["CaptureMode"] == "initramfs"
+
+    offset = client.console_offset()
+    crash_and_come_back(client, "capture complete")
+    console = client.console_text(offset)
+    assert f"{SERVER}:/srv/dumps mounted (NFS 4.2)" in console, console[-3000:]
+    (sent,) = _sent_dumps(client, NFS_URL)
+    assert sent["Complete"] and sent["PanicMessage"] == "sysrq triggered crash", sent
+    folder = str(sent["Location"]).removeprefix(f"nfs://{SERVER}")
+    assert folder.startswith(f"/srv/dumps/{_machine(client)}/"), folder
+    there = server.run(f"ls {folder}").stdout.split()
+    assert sorted(there) == ["capture.log", "metadata.json", "vmcore", "vmcore-dmesg.txt"], there
+    assert sent["SizeBytes"] == int(server.run(f"stat -c %s {folder}/vmcore").stdout) > 1 << 20
+    # Read back where it arrived: an ordinary dump, with the panic in its kernel log.
+    server.run(f"makedumpfile --dump-dmesg {folder}/vmcore /tmp/dmesg.txt")
+    dmesg = server.run("cat /tmp/dmesg.txt").stdout
+    assert "Kernel panic - not syncing: sysrq triggered crash" in dmesg
+
+    # The NFS server stopped before the crash: the check says so, the capture fails and
+    # says why here; no second vmcore there.
+    server.run("systemctl stop nfs-server.service")
+    _reconnect(client)
+    _daemon_says(client, f"warning: target {NFS_URL}: {SERVER}: ", "a crash dump is sent there")
+    crash_and_come_back(client, "capture failed")
+    failed = [d for d in _sent_dumps(client, NFS_URL) if not d["Complete"]]
+    assert len(failed) == 1 and f"{SERVER}: cannot mount /srv/dumps: " in str(failed[0]["Error"])
+    assert server.run("find /srv/dumps -name vmcore").stdout.split() == [f"{folder}/vmcore"]
 
 
 def test_a_crash_dump_is_sent_over_ssh_and_listed_after_the_reboot(
@@ -214,6 +269,7 @@ def test_a_crash_dump_is_sent_over_ssh_and_listed_after_the_reboot(
 ) -> None:
     server, client = pair
     server.run("systemctl start ssh.service")
+    _reconnect(client)
     # As the first test left it (key made and installed, host key known), also when run alone.
     client.run(
         "test -e /etc/kdumpd/id_ed25519 || { ssh-keygen -q -t ed25519 -N '' -f "
@@ -237,9 +293,7 @@ def test_a_crash_dump_is_sent_over_ssh_and_listed_after_the_reboot(
     (sent,) = _sent_dumps(client)
     assert sent["Complete"] and sent["PanicMessage"] == "sysrq triggered crash", sent
     folder = str(sent["Location"]).removeprefix(f"ssh://kdump@{SERVER}")
-    machine = client.run("hostname").stdout.strip() + "-" + client.run(
-        "head -c 8 /etc/machine-id").stdout  # fmt: skip
-    assert folder.startswith(f"/home/kdump/dumps/{machine}/"), folder
+    assert folder.startswith(f"/home/kdump/dumps/{_machine(client)}/"), folder
     there = server.run(f"ls {folder}").stdout.split()
     assert sorted(there) == ["capture.log", "metadata.json", "vmcore", "vmcore-dmesg.txt"], there
     size = int(server.run(f"stat -c %s {folder}/vmcore").stdout)
@@ -250,8 +304,7 @@ def test_a_crash_dump_is_sent_over_ssh_and_listed_after_the_reboot(
     # (the test's address is not kept across boots): an interface coming up checks again,
     # and the way found loads the capture initramfs again.
     server.run("systemctl stop ssh.service")
-    _address(client, CLIENT)
-    client.run("IFACE=eth0 MODE=start PHASE=post-up /etc/network/if-up.d/kdumpd")
+    _reconnect(client)
     said = _daemon_says(client, f"{SERVER}: connection refused", "a crash dump is sent there")
     crash_and_come_back(client, "capture failed")
     failed = [d for d in _sent_dumps(client) if not d["Complete"]]
