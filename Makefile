@@ -70,6 +70,7 @@ demo: venv deb image
 
 bench: venv deb image
 	$(PY) -m bench.run kdumpd kdump-tools kdump-tools kdumpd
+	$(PY) -m bench.remote kdumpd kdump-tools
 
 bench-reservation: venv deb image
 	$(PY) -m bench.min_reservation

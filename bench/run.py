@@ -122,7 +122,7 @@ def measure(service: Service, workdir: Path) -> dict[str, float]:
     return results
 
 
-def _warm(image: ImagePaths) -> None:
+def warm(image: ImagePaths) -> None:
     """Read the image into the host's page cache, so that the run that comes first does not
     also pay for the host's disk (kdumpd's guest came first in every run until 2026-12-02,
     and its kernel phases were 0.8-1.3 s slower)."""
@@ -150,13 +150,19 @@ def main(argv: list[str]) -> int:
     # In the order given, repeats allowed: `make bench` runs kdumpd, kdump-tools,
     # kdump-tools, kdumpd, so that neither service always has the first or the last turn.
     order = argv or list(services)
-    runs: list[tuple[str, dict[str, float]]] = []
+    runs: list[dict[str, float]] = []
     for i, name in enumerate(order):
-        _warm(ensure_image(stock=True))
-        runs.append((f"{name} #{i + 1}", measure(services[name], work / str(i))))
-    columns = dict(runs)
+        warm(ensure_image(stock=True))
+        runs.append(measure(services[name], work / str(i)))
+    print_table(order, runs)
+    return 0
+
+
+def print_table(order: list[str], runs: list[dict[str, float]]) -> None:
+    """One column per run, then each service's mean, and kdumpd's over kdump-tools'."""
+    columns = {f"{name} #{i + 1}": r for i, (name, r) in enumerate(zip(order, runs, strict=True))}
     by_service: dict[str, list[dict[str, float]]] = {}
-    for name, results in zip(order, (r for _, r in runs), strict=True):
+    for name, results in zip(order, runs, strict=True):
         by_service.setdefault(name, []).append(results)
     rows = list(dict.fromkeys(row for results in columns.values() for row in results))
     means = {
@@ -177,7 +183,6 @@ def main(argv: list[str]) -> int:
         if both and row in means["kdumpd"] and row in means["kdump-tools"]:
             ratio = f"{means['kdumpd'][row] / means['kdump-tools'][row]:9.2f}x"
         print(f"{row:32}{cells}{ratio}")
-    return 0
 
 
 if __name__ == "__main__":

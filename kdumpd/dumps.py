@@ -164,7 +164,9 @@ def _mtime_usec(st: os.stat_result) -> int:
 
 
 def read(folder: Path) -> Dump:
-    """Describe one dump folder; the vmcore file, not the metadata, decides completeness."""
+    """Describe one dump folder. Here, the vmcore file, not the metadata, decides
+    completeness; for a record of a dump sent to a target (its metadata has a location),
+    what the crashed machine recorded does: the dump itself is not here."""
     try:
         fd = os.open(folder, _DIR_FLAGS)
     except OSError as e:

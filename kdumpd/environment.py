@@ -761,6 +761,7 @@ class Image:
     size: int  # compressed, as loaded
     unpacked: int  # the archive, as it sits in the crash kernel's memory
     seconds: float  # spent building it; 0 when it came from the cache
+    route: network.Route | None  # the way it sends the dump (its settings hold it)
 
 
 def compress(data: bytes) -> bytes:
@@ -776,7 +777,7 @@ def sizes(p: Plan, cache: Path = CACHE_DIR) -> tuple[int, int]:
 def find(p: Plan, cache: Path = CACHE_DIR) -> Image | None:
     """The image of this very content, if it was built before."""
     path = cache / p.file_name
-    return Image(path, path.stat().st_size, len(p.archive), 0.0) if path.exists() else None
+    return Image(path, path.stat().st_size, len(p.archive), 0.0, p.route) if path.exists() else None
 
 
 # In the cache beside the image: the plan it came from (Intent.key, Sources.seen), so the
@@ -805,14 +806,14 @@ def recall(cfg: config.Config, version: str, sysroot: Path = Path("/"), cache: P
         return None
     try:
         record = json.loads(safefile.read(cache / MANIFEST, MANIFEST_MAX))
-        now = intent(cfg, version, sysroot, python).key
-        if record["key"] != now or not _unchanged(record["sources"]):
+        now = intent(cfg, version, sysroot, python)
+        if record["key"] != now.key or not _unchanged(record["sources"]):
             return None
         name = record["image"]
         if not (isinstance(name, str) and name.startswith(IMAGE_PREFIX) and "/" not in name):
             return None
         path = cache / name
-        return Image(path, path.stat().st_size, int(record["unpacked"]), 0.0)
+        return Image(path, path.stat().st_size, int(record["unpacked"]), 0.0, now.route)
     except (OSError, ValueError, LookupError, TypeError, AttributeError, Unreachable):
         return None  # safefile.Refused is an OSError
 
@@ -830,4 +831,4 @@ def build(p: Plan, cache: Path = CACHE_DIR) -> Image:
     for old in cache.glob(f"{IMAGE_PREFIX}*"):
         if old != path:  # a loaded crash kernel has its own copy (loader.snapshot)
             old.unlink(missing_ok=True)
-    return Image(path, len(packed), len(data), time.monotonic() - started)
+    return Image(path, len(packed), len(data), time.monotonic() - started, p.route)

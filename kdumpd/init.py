@@ -121,7 +121,8 @@ def bring_up(route: network.Route, busybox: str) -> None:
         lambda: network.interface_with(route.mac) is not None,
         DEVICE_TIMEOUT_S,
     )
-    interface = network.interface_with(route.mac) or route.mac
+    interface = network.interface_with(route.mac)
+    assert interface is not None  # it appeared, and a NIC stays once its driver made it
     for step in network.commands(route, interface):
         done = subprocess.run([busybox, "ip", *step], capture_output=True, text=True)
         if done.returncode != 0:

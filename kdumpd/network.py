@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,8 @@ class Route:
 
 
 def _hex_ip(text: str) -> ipaddress.IPv4Address:
-    """/proc/net/route's addresses: 32-bit hex in the host's byte order (little-endian)."""
-    return ipaddress.IPv4Address(int(text, 16).to_bytes(4, "little"))
+    """/proc/net/route's addresses: the kernel's __be32 printed as a host-order number."""
+    return ipaddress.IPv4Address(int(text, 16).to_bytes(4, sys.byteorder))
 
 
 def route_to(host: ipaddress.IPv4Address, proc_net_route: str) -> tuple[str, str]:

@@ -582,9 +582,8 @@ class Daemon:
         recalled = self.planner is environment.plan and environment.recall(
             cfg, files.version, self.sysroot, self.cache
         )
-        if recalled:  # the same intent: the same route
-            route, _ = environment.sending(cfg, self.sysroot)
-            return Arming("initramfs", recalled.path, recalled.unpacked, "", route)
+        if recalled:
+            return Arming("initramfs", recalled.path, recalled.unpacked, "", recalled.route)
         plan, reason = environment.choose(cfg, files.version, self.sysroot, self.planner)
         if plan is None:
             why = reason and f"capture boots the system's own initramfs and systemd: {reason}"
@@ -606,7 +605,7 @@ class Daemon:
             environment.remember(plan, image, self.cache)
         except OSError as e:  # only the next start's shortcut is lost
             journal.send(journal.WARNING, f"cannot write {self.cache / environment.MANIFEST}: {e}")
-        return Arming("initramfs", image.path, image.unpacked, "", plan.route)
+        return Arming("initramfs", image.path, image.unpacked, "", image.route)
 
     def _build(self, plan: environment.Plan) -> environment.Image:
         try:

@@ -428,7 +428,7 @@ def test_a_file_touched_but_equal_plans_again_to_the_same_image(tmp_path: Path) 
     assert _recall(root, version, cache) is None
     again = environment.plan(config.Config(), version, root, python="/usr/bin/py")
     assert environment.find(again, cache) == environment.Image(
-        image.path, image.size, image.unpacked, 0.0
+        image.path, image.size, image.unpacked, 0.0, None
     )
 
 
@@ -551,6 +551,12 @@ def test_a_dump_sent_to_nfs_takes_the_kernel_s_nfs_client_and_needs_no_ssh(
         f"{directory}/drivers/net/virtio_net.ko",
     ]
     assert "ssh" not in settings["programs"]  # type: ignore[operator]
+    # The image sends the way its plan was made with, also when recalled from the cache.
+    p = environment.plan(cfg, "6.1.0-50-amd64", root, python="/usr/bin/py")
+    image = environment.build(p, tmp_path / "cache")
+    environment.remember(p, image, tmp_path / "cache")
+    recalled = environment.recall(cfg, "6.1.0-50-amd64", root, tmp_path / "cache", "/usr/bin/py")
+    assert image.route == ROUTE and recalled is not None and recalled.route == ROUTE
 
     # A kernel without an NFS client cannot send there: the plan says so.
     (root / "lib/modules/6.1.0-50-amd64/modules.dep").write_text("")

@@ -318,7 +318,7 @@ def test_a_recalled_capture_initramfs_is_armed_without_planning(
     image = m.cache / "initramfs-0123456789abcdef.img"
     image.parent.mkdir(parents=True)
     image.write_bytes(INITRD)
-    recalled = environment.Image(image, len(INITRD), 3 * len(INITRD), 0.0)
+    recalled = environment.Image(image, len(INITRD), 3 * len(INITRD), 0.0, None)
     monkeypatch.setattr(environment, "recall", lambda *args: recalled)
 
     def no_planning(*args: object) -> environment.Plan:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import struct
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,8 +12,8 @@ from kdumpd.kernels import version_key
 
 # Absolute imports, as the test modules use: one copy of each module, whatever pytest names us.
 from tests.vm import debs
-from tests.vm.guest import BootOptions, Guest, GuestFactory
-from tests.vm.image import TRIXIE, ImagePaths, ensure_image, locked
+from tests.vm.guest import BootOptions, Guest, GuestFactory, derived_image
+from tests.vm.image import TRIXIE, ImagePaths, ensure_image
 
 VM_DIR = Path(__file__).parent
 GUESTS = pytest.StashKey[list[Guest]]()
@@ -171,40 +169,6 @@ def trixie_kernel_deb(trixie_image: ImagePaths) -> Path:
     return debs.download(max(newer, key=version_key), TRIXIE)
 
 
-def derived_image(
-    base: ImagePaths,
-    name: str,
-    prepare: Callable[[Guest], tuple[str, str]],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> ImagePaths:
-    """An image made once from `base` by `prepare` in a guest (which returns the guest paths
-    of the kernel and initrd to boot), cached beside it as `name`, which must name its
-    inputs: a qcow2 over the base disk, and the kernel and initrd."""
-    cached = base.disk.parent / name
-    paths = ImagePaths(
-        disk=cached / "disk.qcow2", kernel=cached / "vmlinuz", initrd=cached / "initrd.img"
-    )
-    with locked(base.disk.parent / f".{name}.lock"):
-        if cached.is_dir():
-            return paths
-        work = tmp_path_factory.mktemp(name)
-        with Guest(base, work / "guest", "imagebuild") as g:
-            g.start()
-            g.wait_booted()
-            kernel, initrd = prepare(g)
-            g.shutdown()
-            build = work / "image"
-            build.mkdir()
-            (build / "vmlinuz").write_bytes(g.debugfs_cat(kernel))
-            (build / "initrd.img").write_bytes(g.debugfs_cat(initrd))
-            shutil.move(g.overlay, build / "disk.qcow2")
-        partial = cached.parent / f".{cached.name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
-        shutil.copytree(build, partial)
-        os.rename(partial, cached)  # complete or absent
-    return paths
-
-
 @pytest.fixture(scope="session")
 def crash_hotplug_image(
     vm_image: ImagePaths, tmp_path_factory: pytest.TempPathFactory
@@ -222,4 +186,4 @@ def crash_hotplug_image(
         release = g.run("ls /lib/modules | grep '^6\\.12\\.'").stdout.strip()
         return f"/boot/vmlinuz-{release}", f"/boot/initrd.img-{release}"
 
-    return derived_image(vm_image, f"with-{deb.stem}", install, tmp_path_factory)
+    return derived_image(vm_image, f"with-{deb.stem}", install, tmp_path_factory.mktemp)

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from .image import ImagePaths
+from .image import ImagePaths, locked
 
 log = logging.getLogger("kdumpd.vm")
 
@@ -740,3 +740,38 @@ class GuestFactory(Protocol):
         extra_qemu_args: list[str] | None = ...,
         image: ImagePaths | None = ...,
     ) -> Guest: ...
+
+
+def derived_image(
+    base: ImagePaths,
+    name: str,
+    prepare: Callable[[Guest], tuple[str, str]],
+    mktemp: Callable[[str], Path],
+) -> ImagePaths:
+    """An image made once from `base` by `prepare` in a guest (which returns the guest paths
+    of the kernel and initrd to boot), cached beside it as `name`, which must name its
+    inputs: a qcow2 over the base disk, and the kernel and initrd. `mktemp` makes a scratch
+    folder (pytest's tmp_path_factory.mktemp)."""
+    cached = base.disk.parent / name
+    paths = ImagePaths(
+        disk=cached / "disk.qcow2", kernel=cached / "vmlinuz", initrd=cached / "initrd.img"
+    )
+    with locked(base.disk.parent / f".{name}.lock"):
+        if cached.is_dir():
+            return paths
+        work = mktemp(name)
+        with Guest(base, work / "guest", "imagebuild") as g:
+            g.start()
+            g.wait_booted()
+            kernel, initrd = prepare(g)
+            g.shutdown()
+            build = work / "image"
+            build.mkdir()
+            (build / "vmlinuz").write_bytes(g.debugfs_cat(kernel))
+            (build / "initrd.img").write_bytes(g.debugfs_cat(initrd))
+            shutil.move(g.overlay, build / "disk.qcow2")
+        partial = cached.parent / f".{cached.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
+        shutil.copytree(build, partial)
+        os.rename(partial, cached)  # complete or absent
+    return paths

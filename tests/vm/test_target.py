@@ -3,61 +3,32 @@
 nfs-kernel-server. The daemon has no network of its own: at arming it has
 kdumpd-target-check.service check the target (on the real systemd), and LastError tells
 the verdict. A crash dump is sent over ssh, or written to the NFS export, by the capture
-initramfs, the way the check found.
-
-The two guests share one QEMU socket network carried on 127.0.0.1 (the server listens, the
-client connects) and have no other network interface; their addresses are from
-192.0.2.0/24, a documentation range."""
+initramfs, the way the check found. The two guests' network: tests/vm/dump_server.py."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.vm import debs
-from tests.vm.conftest import derived_image
+from tests.vm import debs, dump_server
+from tests.vm.dump_server import CLIENT, CLIENT_MAC, SERVER, SERVER_MAC
 from tests.vm.guest import Guest, GuestFactory
 from tests.vm.image import ImagePaths
 from tests.vm.kdumpd_guest import crash_and_come_back, status, wait_armed, wait_for
 
-SERVER, CLIENT = "192.0.2.1", "192.0.2.2"
 URL = f"ssh://kdump@{SERVER}/home/kdump/dumps"
 NFS_URL = f"nfs://{SERVER}/srv/dumps"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _nic(role: str, port: int, mac: str) -> list[str]:
-    return [
-        "-netdev",
-        f"socket,id=net0,{role}=127.0.0.1:{port}",
-        "-device",
-        f"virtio-net-pci,netdev=net0,mac={mac}",
-    ]
-
-
-def _address(g: Guest, address: str) -> None:
-    """The one network interface up with `address`, by busybox's ip (minbase has no iproute2)."""
-    nic = g.run("ls /sys/class/net | grep -v '^lo$'").stdout.split()
-    assert len(nic) == 1, nic
-    g.run(f"busybox ip addr add {address}/24 dev {nic[0]} && busybox ip link set {nic[0]} up")
 
 
 def _reconnect(g: Guest) -> None:
     """The test's address back after a reboot (it is not kept), and an interface coming up
     told as ifupdown tells it (its if-up.d hooks): the target is checked again."""
     if f"inet {CLIENT}/" not in g.run("busybox ip -4 addr").stdout:
-        _address(g, CLIENT)
+        dump_server.set_address(g, CLIENT)
         g.run("IFACE=eth0 MODE=start PHASE=post-up /etc/network/if-up.d/kdumpd")
 
 
@@ -73,28 +44,9 @@ def _check_target(g: Guest) -> tuple[int, str]:
     return r.rc, "\n".join(lines)
 
 
-SERVER_PACKAGES = ("openssh-server", "nfs-kernel-server")
-SERVER_SETUP = (
-    "useradd -m -s /bin/sh kdump && install -d -m 700 -o kdump -g kdump ~kdump/.ssh && "
-    "install -d -m 755 /srv/dumps"
-)
-
-
 @pytest.fixture(scope="module")
 def server_image(vm_image: ImagePaths, tmp_path_factory: pytest.TempPathFactory) -> ImagePaths:
-    """The dump server: the test image with Debian's openssh-server and nfs-kernel-server
-    and a user kdump, made once (TCG takes minutes), keyed by the packages' files."""
-    stems = "+".join(debs.download(p).stem for p in SERVER_PACKAGES)
-
-    def install(g: Guest) -> tuple[str, str]:
-        for package in SERVER_PACKAGES:
-            debs.install(g, package)
-        g.run(SERVER_SETUP)
-        release = g.run("uname -r").stdout.strip()
-        return f"/boot/vmlinuz-{release}", f"/boot/initrd.img-{release}"
-
-    key = hashlib.sha256(f"{stems}\n{SERVER_SETUP}".encode()).hexdigest()[:12]
-    return derived_image(vm_image, f"dump-server-{key}", install, tmp_path_factory)
+    return dump_server.server_image(vm_image, tmp_path_factory.mktemp)
 
 
 @pytest.fixture(scope="module")
@@ -102,18 +54,18 @@ def pair(
     make_guest_module: GuestFactory, server_image: ImagePaths, kdumpd_deb: Path
 ) -> tuple[Guest, Guest]:
     """The dump server and the client running kdumpd, on one network of their own."""
-    port = _free_port()
+    port = dump_server.free_port()
     server = make_guest_module(
-        cpus=1, image=server_image, extra_qemu_args=_nic("listen", port, "52:54:00:c0:00:01")
+        cpus=1, image=server_image, extra_qemu_args=dump_server.nic("listen", port, SERVER_MAC)
     )
     client = make_guest_module(
-        append="crashkernel=256M", extra_qemu_args=_nic("connect", port, "52:54:00:c0:00:02")
+        append="crashkernel=256M", extra_qemu_args=dump_server.nic("connect", port, CLIENT_MAC)
     )
-    _address(server, SERVER)
+    dump_server.set_address(server, SERVER)
     debs.install(client, "openssh-client")
     client.install_deb(kdumpd_deb)
     wait_armed(client)
-    _address(client, CLIENT)
+    dump_server.set_address(client, CLIENT)
     return server, client
 
 
@@ -253,15 +205,11 @@ def test_a_crash_dump_is_written_to_nfs_and_listed_after_the_reboot(
     dmesg = server.run("cat /tmp/dmesg.txt").stdout
     assert "Kernel panic - not syncing: sysrq triggered crash" in dmesg
 
-    # The NFS server stopped before the crash: the check says so, the capture fails and
-    # says why here; no second vmcore there.
+    # The NFS server stopped: the check at arming says so (what a crash then does is the
+    # ssh test's second crash; for NFS, stage two's mount fails: unit tests).
     server.run("systemctl stop nfs-server.service")
     _reconnect(client)
     _daemon_says(client, f"warning: target {NFS_URL}: {SERVER}: ", "a crash dump is sent there")
-    crash_and_come_back(client, "capture failed")
-    failed = [d for d in _sent_dumps(client, NFS_URL) if not d["Complete"]]
-    assert len(failed) == 1 and f"{SERVER}: cannot mount /srv/dumps: " in str(failed[0]["Error"])
-    assert server.run("find /srv/dumps -name vmcore").stdout.split() == [f"{folder}/vmcore"]
 
 
 def test_a_crash_dump_is_sent_over_ssh_and_listed_after_the_reboot(
