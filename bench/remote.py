@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.run import PHASES, boot_load_seconds, print_table, warm
+from bench.run import boot_load_seconds, crash_timings, print_table, warm
 from tests.vm import debs, dump_server
 from tests.vm.dump_server import CLIENT, CLIENT_MAC, SERVER, SERVER_MAC
 from tests.vm.guest import BootOptions, Guest
@@ -131,19 +131,7 @@ def measure(service: Service, workdir: Path) -> dict[str, float]:
         g.wait_booted()
         service.armed(g)
         results = {"boot: load crash kernel (s)": boot_load_seconds(g, service.unit)}
-        t0 = time.monotonic()
-        g.run("sync")
-        offset = g.crash()
-        for name, marker in PHASES:
-            offset += g.wait_console(marker, 600, offset).end()
-            results[name] = time.monotonic() - t0
-        g.wait_console(service.saved, 900, offset)
-        results["panic -> dump on the server (s)"] = time.monotonic() - t0
-        done = g.console_offset()
-        g.wait_console(r"Command line: (?!.*elfcorehdr=).*crashkernel=.*\n", 600, done)
-        results["panic -> own kernel again (s)"] = time.monotonic() - t0
-        g.wait_booted()
-        results["panic -> multi-user (s)"] = time.monotonic() - t0
+        results |= crash_timings(g, service.saved, "panic -> dump on the server (s)")
         found = server.run(service.found).stdout.split()
         assert len(found) == 1, f"{service.name}: on the server: {found}"
         size = int(server.run(f"stat -c %s {found[0]}").stdout)

@@ -75,6 +75,26 @@ PHASES = (
 )
 
 
+def crash_timings(g: Guest, saved: str, saved_row: str) -> dict[str, float]:
+    """A sysrq crash, and the seconds from the panic to each phase on the console, to the
+    dump saved (`saved`, told as `saved_row`) and to multi-user again."""
+    results = {}
+    t0 = time.monotonic()
+    g.run("sync")  # the crash kernel reads the disk, not our page cache
+    offset = g.crash()
+    for name, marker in PHASES:
+        offset += g.wait_console(marker, 600, offset).end()
+        results[name] = time.monotonic() - t0
+    g.wait_console(saved, 900, offset)
+    results[saved_row] = time.monotonic() - t0
+    done = g.console_offset()
+    g.wait_console(r"Command line: (?!.*elfcorehdr=).*crashkernel=.*\n", 600, done)
+    results["panic -> own kernel again (s)"] = time.monotonic() - t0
+    g.wait_booted()
+    results["panic -> multi-user (s)"] = time.monotonic() - t0
+    return results
+
+
 def _print_boot_chain(g: Guest, service: Service) -> None:
     """What the boot after the crash waited for, so the next bottleneck is visible."""
     for args in (
@@ -104,19 +124,7 @@ def measure(service: Service, workdir: Path) -> dict[str, float]:
         if service.daemon:
             results["daemon RSS, armed (MiB)"] = resident_mib(g, service.unit)
         assert crash_loaded(g) == "1", f"{service.name} did not load a crash kernel"
-        t0 = time.monotonic()
-        g.run("sync")  # the crash kernel reads the disk, not our page cache
-        offset = g.crash()
-        for name, marker in PHASES:
-            offset += g.wait_console(marker, 600, offset).end()
-            results[name] = time.monotonic() - t0
-        g.wait_console(service.saved, 900, offset)
-        results["panic -> dump saved (s)"] = time.monotonic() - t0
-        done = g.console_offset()
-        g.wait_console(r"Command line: (?!.*elfcorehdr=).*crashkernel=.*\n", 600, done)
-        results["panic -> own kernel again (s)"] = time.monotonic() - t0
-        g.wait_booted()
-        results["panic -> multi-user (s)"] = time.monotonic() - t0
+        results |= crash_timings(g, service.saved, "panic -> dump saved (s)")
         _print_boot_chain(g, service)
         g.shutdown()
     return results

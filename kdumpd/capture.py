@@ -283,8 +283,11 @@ class Capture:
                 stat = os.statvfs(root)
                 check_space(stat.f_bavail * stat.f_frsize, self.cfg.min_free_space, root)
                 size, compression = self._dump(folder, str(root))
-        except (CaptureError, remote.SendError, network.NoRoute) as e:
-            error = self.error = str(e)
+        except (CaptureError, remote.SendError, network.NoRoute, OSError) as e:
+            # An OSError: the dump's file system failing under makedumpfile's output (EIO
+            # from an NFS server gone away, say): said with the place, in the record too.
+            error = self.error = str(e) if not isinstance(e, OSError) else (
+                f"{location or root}: {e.strerror or e}")  # fmt: skip
             self._say(f"capture FAILED: {error}")
         meta = metadata(
             started=started,

@@ -12,7 +12,9 @@ wrapper and goes through syscall(2).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import functools
 import json
 import lzma
@@ -30,7 +32,6 @@ TARGET = Path("/run/kdumpd/target")  # where the dump file system is mounted
 FINIT_MODULE = {"x86_64": 313, "aarch64": 273, "riscv64": 273, "s390x": 344, "ppc64le": 353}
 MODULE_INIT_COMPRESSED_FILE = 4  # a .ko.zst: the kernel decompresses it (6.4 and later)
 EEXIST = 17  # a module that is built in, or loaded already (stage one loads the root's)
-EPROTONOSUPPORT, ETIMEDOUT = 93, 110
 # reboot(2) commands (linux/reboot.h)
 REBOOT = {"reboot": 0x01234567, "poweroff": 0x4321FEDC, "halt": 0xCDEF0123}
 DEVICE_TIMEOUT_S = 60.0
@@ -135,43 +136,67 @@ def bring_up(route: network.Route, busybox: str) -> None:
 def nfs_options(version: str, route: network.Route) -> str:
     """What mount.nfs would hand the kernel, with the addresses found before the crash (no
     DNS here, and no rpc.statd: NFSv3 without locks). soft: a server that goes away fails
-    the capture (EIO after 2 tries of 10 s) instead of hanging it."""
+    the capture (EIO after about 30 s per request over TCP: timeo, then timeo per retrans)
+    instead of hanging it."""
     common = f"addr={route.host},proto=tcp,soft,timeo=100,retrans=2"
     if version == "3":
         return f"vers=3,{common},mountproto=tcp,nolock"
     return f"vers={version},{common},clientaddr={route.address}"
 
 
+# mount(2)'s answers that mean "not this version" (as mount.nfs's nfs_autonegotiate takes
+# them): the next one is tried; any other ends the tries.
+NOT_THIS_VERSION = {errno.EPROTONOSUPPORT, errno.EINVAL, errno.ENOENT, errno.EPERM}
+GAVE_NO_ANSWER = 255  # _bounded's: the child failed without an errno, or would not die
+KILLED_WAIT_S = 5.0
+
+
 def _bounded(call: Any, timeout: float) -> int:
     """call() in a child process, killed after `timeout` (an NFS mount may wait long on a
-    server that does not answer): its errno, 0 when it worked. The child shares this
-    process's mounts, so what it mounted stays."""
+    server that does not answer): its errno, 0 when it worked, ETIMEDOUT when it was
+    killed. The child shares this process's mounts, so what it mounted stays. PID 1 never
+    waits for ever: a child that does not die is left behind."""
     pid = os.fork()
     if pid == 0:
         try:
             call()
             os._exit(0)
         except OSError as e:
-            os._exit(e.errno or 1)
+            os._exit(e.errno or GAVE_NO_ANSWER)
         except BaseException:
-            os._exit(1)
-    deadline = time.monotonic() + timeout
+            os._exit(GAVE_NO_ANSWER)
+    deadline, killed = time.monotonic() + timeout, False
     while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
         if time.monotonic() > deadline:
+            if killed:
+                return errno.ETIMEDOUT  # still not dead: left behind
             os.kill(pid, 9)  # its RPC waits are killable
-            os.waitpid(pid, 0)
-            return ETIMEDOUT
+            deadline, killed = time.monotonic() + KILLED_WAIT_S, True
         time.sleep(0.1)
-    return os.waitstatus_to_exitcode(done[1])
+    return errno.ETIMEDOUT if killed else os.waitstatus_to_exitcode(done[1])
+
+
+def _mount_failure(err: int) -> str:
+    if err == errno.ETIMEDOUT:
+        return f"no answer within {NFS_TIMEOUT_S:.0f} s"
+    return os.strerror(err) if err != GAVE_NO_ANSWER else "the mount failed and said nothing"
+
+
+# sethostname(2)'s limit (HOST_NAME_MAX): the machine's folder name may be longer.
+HOST_NAME_MAX = 64
 
 
 def mount_export(nfs: remote.Nfs, route: network.Route) -> None:
     """The export at nfs.mountpoint, by the kernel's own NFS client (no mount.nfs)."""
     # The NFSv4 client's identity carries the node name: every crashed machine's would be
-    # "(none)", and the server would take one for another.
-    socket.sethostname(nfs.machine)
-    nfs.mountpoint.mkdir(parents=True, exist_ok=True)
+    # "(none)", and the server would take one for another. Best effort: not worth a dump.
+    with contextlib.suppress(OSError):
+        socket.sethostname(nfs.machine[:HOST_NAME_MAX])
     source = f"{route.host}:{nfs.target.path}"
+    try:
+        nfs.mountpoint.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise remote.SendError(f"cannot make {nfs.mountpoint}: {e.strerror}") from None
     for version in NFS_VERSIONS:
         options = nfs_options(version, route)
         err = _bounded(functools.partial(mount, source, str(nfs.mountpoint), "nfs", options),
@@ -179,9 +204,10 @@ def mount_export(nfs: remote.Nfs, route: network.Route) -> None:
         if err == 0:
             capture.say(f"{source} mounted (NFS {version}) after {_uptime()} s")
             return
-        if err != EPROTONOSUPPORT:
+        if err not in NOT_THIS_VERSION:
             break
-    raise remote.SendError(f"{nfs.name}: cannot mount {nfs.target.path}: {os.strerror(err)}")
+    why = _mount_failure(err)
+    raise remote.SendError(f"{nfs.name}: cannot mount {nfs.target.path}: {why}")
 
 
 def sender(send: dict[str, Any], programs: dict[str, str]) -> tuple[remote.Sender, network.Route]:

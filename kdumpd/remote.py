@@ -32,6 +32,11 @@ class SendError(Exception):
     pass
 
 
+def host_name(host: str, address: str) -> str:
+    """The host for messages: as configured, and the address if that is another."""
+    return host if host == address else f"{host} ({address})"
+
+
 def oldest(names: list[str], keep: int) -> list[str]:
     """Dump folders to remove on the server so that, with the new one, `keep` remain."""
     folders = sorted(n for n in names if _DUMP_FOLDER.fullmatch(n))
@@ -69,9 +74,7 @@ class Ssh:
 
     @property
     def name(self) -> str:
-        """The host for messages: as configured, and the address if that is another."""
-        host = self.target.host
-        return host if host == self.address else f"{host} ({self.address})"
+        return host_name(self.target.host, self.address)
 
     def folder(self, name: str) -> str:
         return f"{self.target.path}/{self.machine}/{name}"
@@ -161,11 +164,11 @@ class Nfs:
     address: str  # the host's, found before the crash
     machine: str
     mountpoint: Path
+    mounted: Callable[[Path], bool] = os.path.ismount
 
     @property
     def name(self) -> str:
-        host = self.target.host
-        return host if host == self.address else f"{host} ({self.address})"
+        return host_name(self.target.host, self.address)
 
     def folder(self, name: str) -> Path:
         return self.mountpoint / self.machine / name
@@ -180,6 +183,8 @@ class Nfs:
         """As Ssh.prepare: the folder made, the oldest dumps beyond keep_dumps removed; the
         bytes free there."""
         base = self.mountpoint / self.machine
+        if not self.mounted(self.mountpoint):  # else the dump would fill the crash kernel's RAM
+            raise SendError(f"{self.name}: {self.target.path} is not mounted")
         try:
             base.mkdir(parents=True, exist_ok=True)
             for victim in oldest(os.listdir(base), keep):

@@ -451,7 +451,8 @@ def to_nfs(fake_crash: capture.Capture, tmp_path: Path) -> capture.Capture:
 
     (tmp_path / "server/dumps").mkdir(parents=True)
     t = target.NfsTarget("dumps.example", "/srv/dumps")
-    sender = remote.Nfs(t, "192.0.2.1", "host-0123abcd", tmp_path / "server/dumps")
+    export = tmp_path / "server/dumps"
+    sender = remote.Nfs(t, "192.0.2.1", "host-0123abcd", export, lambda p: p == export)
     return capture.Capture(fake_crash.cfg, fake_crash.source, sender)
 
 
@@ -495,6 +496,38 @@ def test_an_export_that_cannot_be_written_fails_the_capture_with_the_host(
     assert not to_nfs.run()
     (listed,) = dumps.scan(to_nfs.cfg.dump_path)
     assert listed.error == "dumps.example (192.0.2.1):/srv/dumps: File exists"
+
+
+def test_an_export_that_is_not_mounted_is_not_written_to(to_nfs: capture.Capture) -> None:
+    import dataclasses
+
+    assert isinstance(to_nfs.sender, remote.Nfs)
+    to_nfs.sender = dataclasses.replace(to_nfs.sender, mounted=lambda p: False)
+    assert not to_nfs.run()
+    (listed,) = dumps.scan(to_nfs.cfg.dump_path)
+    assert listed.error == "dumps.example (192.0.2.1): /srv/dumps is not mounted"
+
+
+def test_an_export_failing_under_the_dump_is_in_the_record(
+    to_nfs: capture.Capture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A soft mount's server gone: EIO from the file system, not a CaptureError."""
+    from kdumpd import safefile
+
+    real = safefile.fsync
+
+    def eio(path: Path) -> None:
+        if path.name == dumps.INCOMPLETE:
+            raise OSError(5, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(safefile, "fsync", eio)
+    assert not to_nfs.run()
+    (listed,) = dumps.scan(to_nfs.cfg.dump_path)
+    assert not listed.complete and listed.location.startswith("nfs://dumps.example/")
+    assert listed.error == f"{listed.location}: Input/output error"
+    (there,) = _server(tmp_path).iterdir()
+    assert not (there / dumps.VMCORE).exists()
 
 
 SENDERS = ["sending", "to_nfs"]

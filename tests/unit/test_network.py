@@ -205,3 +205,45 @@ def test_a_mount_that_hangs_ends_within_its_bound(monkeypatch: pytest.MonkeyPatc
         raise OSError(errno.EACCES, "Permission denied")
 
     assert init._bounded(refused, 5) == errno.EACCES
+
+
+def test_stage_two_makes_the_sender_the_plan_settled_and_mounts_an_export_once_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From the send settings environment.plan writes (its own test) to what stage two does."""
+    from kdumpd import init, remote
+
+    route = network.Route("192.0.2.1", "eth0", "52:54:00:c0:00:02", "192.0.2.2", "", 1500, ())
+    send = {"url": "nfs://dumps.example/srv/dumps", "machine": "web-1-01234567",
+            "route": {**dataclasses.asdict(route), "modules": []}}  # fmt: skip
+    nfs, back = init.sender(send, {})
+    assert back == route and isinstance(nfs, remote.Nfs)
+    assert (nfs.address, nfs.machine, nfs.mountpoint) == ("192.0.2.1", "web-1-01234567",
+                                                          init.NFS_MOUNT)  # fmt: skip
+    done: list[str] = []
+    monkeypatch.setattr(init, "bring_up", lambda r, busybox: done.append(f"up {busybox}"))
+    monkeypatch.setattr(init, "mount_export", lambda n, r: done.append(f"mount {n.target.url}"))
+    init.network_up(nfs, route, "/usr/bin/busybox")
+    assert done == ["up /usr/bin/busybox", "mount nfs://dumps.example/srv/dumps"]
+
+    ssh_settings = {
+        **send,
+        "url": "ssh://kdump@dumps.example/srv",
+        "key": "/k",
+        "known_hosts": "/h",
+    }
+    ssh, _ = init.sender(ssh_settings, {"ssh": "/usr/bin/ssh"})
+    assert isinstance(ssh, remote.Ssh) and ssh.program == "/usr/bin/ssh"
+    done.clear()
+    init.network_up(ssh, route, "/usr/bin/busybox")
+    assert done == ["up /usr/bin/busybox"]  # nothing to mount
+
+
+def test_a_mount_that_failed_says_why_in_words() -> None:
+    import errno
+
+    from kdumpd import init
+
+    assert init._mount_failure(errno.ETIMEDOUT) == "no answer within 60 s"
+    assert init._mount_failure(errno.EACCES) == "Permission denied"
+    assert init._mount_failure(init.GAVE_NO_ANSWER) == "the mount failed and said nothing"

@@ -174,6 +174,27 @@ def _machine(g: Guest) -> str:
     return g.run("hostname").stdout.strip() + "-" + g.run("head -c 8 /etc/machine-id").stdout
 
 
+def _crash_and_send(server: Guest, client: Guest, url: str, origin: str, on_console: str) -> str:
+    """Armed to send to `url` (the way the check found), a crash, the dump listed by the
+    client after the reboot: its folder on the server (the location without its `origin`),
+    which holds all four files."""
+    said = _daemon_says(client, f"target {url}: a crash dump is sent there over ")
+    assert f"({CLIENT})" in said and "warning: target" not in said, said
+    assert wait_armed(client)["CaptureMode"] == "initramfs"
+    offset = client.console_offset()
+    crash_and_come_back(client, "capture complete")
+    console = client.console_text(offset)
+    assert on_console in console, console[-3000:]
+    (sent,) = _sent_dumps(client, url)
+    assert sent["Complete"] and sent["PanicMessage"] == "sysrq triggered crash", sent
+    folder = str(sent["Location"]).removeprefix(origin)
+    assert folder.startswith(f"{url.removeprefix(origin)}/{_machine(client)}/"), folder
+    there = server.run(f"ls {folder}").stdout.split()
+    assert sorted(there) == ["capture.log", "metadata.json", "vmcore", "vmcore-dmesg.txt"], there
+    assert sent["SizeBytes"] == int(server.run(f"stat -c %s {folder}/vmcore").stdout) > 1 << 20
+    return folder
+
+
 def test_a_crash_dump_is_written_to_nfs_and_listed_after_the_reboot(
     pair: tuple[Guest, Guest],
 ) -> None:
@@ -185,21 +206,8 @@ def test_a_crash_dump_is_written_to_nfs_and_listed_after_the_reboot(
     debs.install(client, "nfs-common")  # the check's mount.nfs (the capture needs none)
     _reconnect(client)
     client.write_file("/etc/kdumpd/kdumpd.yaml", f"target: {NFS_URL}\n".encode())
-    said = _daemon_says(client, f"target {NFS_URL}: a crash dump is sent there over ")
-    assert f"({CLIENT})" in said and "warning: target" not in said, said
-    assert wait_armed(client)["CaptureMode"] == "initramfs"
-
-    offset = client.console_offset()
-    crash_and_come_back(client, "capture complete")
-    console = client.console_text(offset)
-    assert f"{SERVER}:/srv/dumps mounted (NFS 4.2)" in console, console[-3000:]
-    (sent,) = _sent_dumps(client, NFS_URL)
-    assert sent["Complete"] and sent["PanicMessage"] == "sysrq triggered crash", sent
-    folder = str(sent["Location"]).removeprefix(f"nfs://{SERVER}")
-    assert folder.startswith(f"/srv/dumps/{_machine(client)}/"), folder
-    there = server.run(f"ls {folder}").stdout.split()
-    assert sorted(there) == ["capture.log", "metadata.json", "vmcore", "vmcore-dmesg.txt"], there
-    assert sent["SizeBytes"] == int(server.run(f"stat -c %s {folder}/vmcore").stdout) > 1 << 20
+    mounted = f"{SERVER}:/srv/dumps mounted (NFS 4.2)"
+    folder = _crash_and_send(server, client, NFS_URL, f"nfs://{SERVER}", mounted)
     # Read back where it arrived: an ordinary dump, with the panic in its kernel log.
     server.run(f"makedumpfile --dump-dmesg {folder}/vmcore /tmp/dmesg.txt")
     dmesg = server.run("cat /tmp/dmesg.txt").stdout
@@ -230,22 +238,8 @@ def test_a_crash_dump_is_sent_over_ssh_and_listed_after_the_reboot(
     client.write_file("/etc/kdumpd/kdumpd.yaml", f"target: {URL}\n".encode())
     # The check found the way (eth0 on the link); the capture initramfs was loaded again
     # with it.
-    said = _daemon_says(client, f"target {URL}: a crash dump is sent there over ")
-    assert f"({CLIENT})" in said and "warning: target" not in said, said
-    assert wait_armed(client)["CaptureMode"] == "initramfs"
-
-    offset = client.console_offset()
-    crash_and_come_back(client, "capture complete")
-    console = client.console_text(offset)
-    assert f"up as {CLIENT}, for {SERVER}" in console, console[-3000:]
-    (sent,) = _sent_dumps(client)
-    assert sent["Complete"] and sent["PanicMessage"] == "sysrq triggered crash", sent
-    folder = str(sent["Location"]).removeprefix(f"ssh://kdump@{SERVER}")
-    assert folder.startswith(f"/home/kdump/dumps/{_machine(client)}/"), folder
-    there = server.run(f"ls {folder}").stdout.split()
-    assert sorted(there) == ["capture.log", "metadata.json", "vmcore", "vmcore-dmesg.txt"], there
-    size = int(server.run(f"stat -c %s {folder}/vmcore").stdout)
-    assert sent["SizeBytes"] == size and size > 1 << 20
+    up = f"up as {CLIENT}, for {SERVER}"
+    folder = _crash_and_send(server, client, URL, f"ssh://kdump@{SERVER}", up)
 
     # The server down before the crash: the check at arming says so, the capture fails and
     # says why on the client; no vmcore there. This boot armed before the network was up
