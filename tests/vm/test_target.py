@@ -206,6 +206,11 @@ def test_a_crash_dump_is_written_to_nfs_and_listed_after_the_reboot(
     debs.install(client, "nfs-common")  # the check's mount.nfs (the capture needs none)
     _reconnect(client)
     client.write_file("/etc/kdumpd/kdumpd.yaml", f"target: {NFS_URL}\n".encode())
+    # The same target as the last test's, whose last verdict (root squashed) the daemon may
+    # still tell: a check now is news for it, and it is waited for.
+    rc, said = _check_target(client)
+    assert rc == 0 and f"target {NFS_URL}: reachable, writable, " in said, said
+    _daemon_says(client, f"target {NFS_URL}: reachable, writable, ")
     mounted = f"{SERVER}:/srv/dumps mounted (NFS 4.2)"
     folder = _crash_and_send(server, client, NFS_URL, f"nfs://{SERVER}", mounted)
     # Read back where it arrived: an ordinary dump, with the panic in its kernel log.
