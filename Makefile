@@ -71,6 +71,7 @@ demo: venv deb image
 bench: venv deb image
 	$(PY) -m bench.run kdumpd kdump-tools kdump-tools kdumpd
 	$(PY) -m bench.remote kdumpd kdump-tools
+	$(PY) -m bench.idle_rss
 
 bench-reservation: venv deb image
 	$(PY) -m bench.min_reservation

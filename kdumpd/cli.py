@@ -10,7 +10,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -337,6 +336,8 @@ def cmd_target_setup(args: argparse.Namespace) -> int:
     options = target.ssh_options(t, key, first_contact=True)
     # ssh-copy-id keeps its temporary files in ~/.ssh, which root often lacks (and the
     # guest agent's commands have no HOME): a home of its own, gone afterwards.
+    import tempfile  # here: `kdumpd serve` imports this module, and tempfile 0.6 MB with it
+
     with tempfile.TemporaryDirectory(prefix="kdumpd-setup-") as home:
         (Path(home) / ".ssh").mkdir(mode=0o700)
         copied = subprocess.run(

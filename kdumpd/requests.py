@@ -119,7 +119,15 @@ class Queue:
     def done(self) -> None:
         with self._cond:
             self.running = None
+            self._cond.notify_all()
         self.on_change()
+
+    def drain(self, timeout: float) -> None:
+        """Drop what waits, and wait (at most `timeout` s) for the request being served to
+        end: a daemon that exits ends no load half-way."""
+        with self._cond:
+            self._waiting.clear()
+            self._cond.wait_for(lambda: self.running is None, timeout)
 
 
 WORKER_STUCK_S = 300.0  # a load takes seconds; a build a few more. Longer is a hang.

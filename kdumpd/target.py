@@ -19,7 +19,6 @@ import re
 import shlex
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,6 +269,8 @@ def probe(t: Target, key: Path, known_hosts: Path = KNOWN_HOSTS) -> Verdict:
 
     def verdict(ok: bool, message: str) -> Verdict:
         return Verdict(t.url, _key_used(t, key), ok, _printable(message), began, route, no_route)
+
+    import tempfile  # here: the daemon imports this module, and tempfile 0.6 MB with it
 
     with tempfile.TemporaryDirectory(prefix="kdumpd-check-") as mountpoint:
         argv = _command(t, key, known_hosts, mountpoint)

@@ -195,9 +195,15 @@ def voluntary_switches(pid: int) -> int:
 def test_the_idle_daemon_sleeps(service: Service) -> None:
     """No polling, and here no watchdog (no systemd): nothing wakes an idle daemon."""
     assert service.state() == "loaded"
-    before = voluntary_switches(service.proc.pid)
-    time.sleep(5)  # the window being measured, not a wait for an event
-    assert voluntary_switches(service.proc.pid) - before <= 1
+    # The window being measured, not a wait for an event. A window more: on a busy host
+    # the start's last steps (after State is loaded) may fall into the first.
+    for _ in range(2):
+        before = voluntary_switches(service.proc.pid)
+        time.sleep(5)
+        woke = voluntary_switches(service.proc.pid) - before
+        if woke <= 1:
+            break
+    assert woke <= 1
 
 
 def test_unload_waits_for_the_unload(service: Service) -> None:

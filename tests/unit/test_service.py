@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -337,16 +339,19 @@ def test_a_plan_is_remembered_once_its_image_is_there(
 ) -> None:
     from kdumpd import environment
 
-    remembered: list[Path] = []
+    # Planned and built in a child process (service._apart): what it remembered, in a file.
+    remembered = tmp_path / "remembered"
     monkeypatch.setattr(
-        environment, "remember", lambda p, image, cache: remembered.append(image.path)
+        environment,
+        "remember",
+        lambda p, image, cache: remembered.open("a").write(f"{image.path}\n"),
     )
     m = Machine(tmp_path)
     m.daemon.reload()  # nothing loaded yet: the machine's own boot first, no image
-    assert remembered == []
+    assert not remembered.exists()
     m.daemon.build_environment()
     (image,) = m.cache.glob("initramfs-*.img")
-    assert remembered == [image]
+    assert remembered.read_text().splitlines() == [str(image), str(image)]
 
 
 RSS_PROBE = """
@@ -644,3 +649,57 @@ def test_the_verdict_file_is_watched_only_while_there_is_a_target(tmp_path: Path
     assert matters(target.CHECK_REQUEST) is None and matters("loaded.json") is None
     config_dir = m.daemon.watch_targets()[m.config.parent]
     assert config_dir(m.config.name) == requests.RELOAD and config_dir("other") is None
+
+
+KEPT: list[bytes] = []  # what a planner keeps: in the daemon's process, it would stay there
+
+
+def test_the_plan_and_its_build_are_made_in_a_process_of_their_own(tmp_path: Path) -> None:
+    """What a plan allocates leaves with its process (service._apart): the daemon's memory
+    is not the plan's."""
+    pids = tmp_path / "planned-in"
+
+    def keeping_plan(cfg: Config, version: str, sysroot: Path) -> Any:
+        KEPT.extend(b"%d" % i * 100 for i in range(10_000))
+        with pids.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        return fake_plan(cfg, version, sysroot)
+
+    m = Machine(tmp_path)
+    m.daemon.planner = keeping_plan
+    m.daemon.reload()  # the machine's own boot, then the build, each planned apart
+    m.daemon.build_environment()
+    s = m.daemon.status
+    assert (s.State, s.CaptureMode) == ("loaded", "initramfs")
+    planned_in = pids.read_text().split()
+    assert len(planned_in) == 3 and str(os.getpid()) not in planned_in, planned_in
+    assert KEPT == []
+
+
+@pytest.mark.parametrize(
+    ("end", "said"),
+    [
+        (lambda: os.kill(os.getpid(), signal.SIGKILL), "without an answer (killed by SIGKILL)"),
+        (lambda: os._exit(3), "without an answer (exit status 3)"),
+        (lambda: int("x"), 'planning failed: ValueError("invalid literal'),
+    ],
+)
+def test_a_planner_that_dies_or_breaks_fails_the_load_not_the_daemon(
+    tmp_path: Path, end: Any, said: str
+) -> None:
+    m = Machine(tmp_path)
+    m.daemon.reload()
+    m.daemon.build_environment()
+    loaded = m.daemon.status
+    assert (loaded.State, loaded.CaptureMode) == ("loaded", "initramfs")
+
+    def dying_plan(cfg: Config, version: str, sysroot: Path) -> Any:
+        end()
+
+    m.daemon.planner = dying_plan
+    for image in m.cache.glob("initramfs-*.img"):
+        image.unlink()
+    m.daemon.reload()
+    s = m.daemon.status
+    assert s.State == "loaded" and said in s.LastError, s.LastError
+    assert s.Initrd == loaded.Initrd and m.kernel_says_loaded()  # the last good one kept
