@@ -38,8 +38,23 @@ INFO = syslog.LOG_INFO
 _JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 
+# In a child of the daemon's (service._apart): the entries it makes, for the daemon to send.
+_held: list[list[Any]] | None = None
+
+
+def hold() -> list[list[Any]]:
+    """From now on, entries are kept in the list returned, not sent."""
+    global _held
+    _held = []
+    return _held
+
+
 def send(priority: int, message: str, message_id: str | None = None, **fields: Any) -> None:
     """One journal entry; extra fields are upper-cased (KERNEL_VERSION=..., ERRNO=...)."""
+    if _held is not None:
+        kept = {k: str(v) for k, v in fields.items() if v is not None}
+        _held.append([priority, message, message_id, kept])
+        return
     extra = {k.upper(): str(v) for k, v in fields.items() if v is not None}
     if message_id:
         extra["MESSAGE_ID"] = message_id

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from kdumpd import (
     cmdline,
@@ -659,11 +659,12 @@ class Daemon:
             return
         cfg, files = owed
         try:
-            _apart(lambda: self._planned(cfg, files, build=True))
+            planned = _apart(lambda: self._planned(cfg, files, build=True))
         except Failure as failure:
             journal.send(journal.ERR, str(failure))
             return
-        self.reload(force=True, why="the capture initramfs is built")
+        if planned["arming"]["mode"] == "initramfs":  # else the plan has changed meanwhile
+            self.reload(force=True, why="the capture initramfs is built")
 
     def _prepare(
         self,
@@ -879,47 +880,78 @@ def _apart(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     small-object arenas stayed mapped in the daemon for good, a few survivors in each
     (measured in the stock guest: VmRSS 31.5 MB once armed after the install, which planned
     and built, 26.2 MB after a reboot that recalled the plan). Returns work()'s JSON; a
-    Failure it raises is raised here, any other error is a Failure too.
+    Failure it raises is raised here, any other error is a Failure too. What the child
+    has to say goes to the journal from here: journald names the unit of a message from
+    its sender's cgroup, which a child reaped at once may have left (systemd#2913).
 
-    The child runs only this code: no GLib, no lock another thread may hold (Python's
-    own are reset by os.fork), and it ends with os._exit; hence fork without exec, whose
-    warning on a process with threads (Python 3.12+) is for children that do more."""
+    The child runs only this code, and ends with os._exit: no GLib, no lock another
+    thread may hold (Python's own are reset by os.fork, the inherited objects are frozen
+    out of its garbage collection, it writes to no stream), hence fork without exec."""
     read, write = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+    gc.freeze()  # a collection in the child must not free the GLib thread's objects
+    try:
         pid = os.fork()
-    if pid == 0:
+    except OSError as e:
+        gc.unfreeze()
         os.close(read)
-        try:
-            try:
-                outcome: dict[str, Any] = {"value": work()}
-            except Failure as failure:
-                outcome = {"state": failure.state, "message": str(failure)}
-            except BaseException as e:  # told to the daemon, which goes on
-                traceback.print_exc()
-                outcome = {"state": "failed", "message": f"planning failed: {e!r}"}
-            with os.fdopen(write, "w") as out:
-                json.dump(outcome, out)
-        finally:
-            os._exit(0)
+        os.close(write)
+        raise Failure("failed", f"cannot start a process to plan in: {e.strerror}") from None
+    if pid == 0:
+        _child(work, write)
+    gc.unfreeze()
     os.close(write)
-    with os.fdopen(read) as answer:
-        said = answer.read()
-    _, status = os.waitpid(pid, 0)
+    try:
+        with os.fdopen(read) as answer:
+            said = answer.read()
+    finally:
+        _, status = os.waitpid(pid, 0)
     try:
         outcome = json.loads(said)
     except ValueError:
         raise Failure(
             "failed", f"the planner's process ended without an answer ({_ended(status)})"
         ) from None
+    for entry in outcome["journal"]:
+        journal.send(*entry[:3], **entry[3])
     if "value" in outcome:
         return dict(outcome["value"])
     raise Failure(outcome["state"], outcome["message"])
 
 
+def _child(work: Callable[[], dict[str, Any]], write: int) -> NoReturn:
+    """_apart's child: the daemon's signal handlers (GLib's, inherited) undone, and dead
+    with the daemon, so that stopping the daemon stops it; its answer, one JSON line."""
+    code = 1
+    try:
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(number, signal.SIG_DFL)
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        held = journal.hold()
+        try:
+            outcome: dict[str, Any] = {"value": work()}
+        except Failure as failure:
+            outcome = {"state": failure.state, "message": str(failure)}
+        except BaseException as e:  # told to the daemon, which goes on
+            journal.send(journal.ERR, f"planning failed: {traceback.format_exc()}")
+            outcome = {"state": "failed", "message": f"planning failed: {e!r}"}
+        with os.fdopen(write, "wb") as out:
+            out.write(json.dumps({**outcome, "journal": held}).encode())
+        code = 0
+    finally:
+        os._exit(code)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# os.fork in a process with threads warns on Python 3.12+: _apart's child is made for it.
+warnings.filterwarnings("ignore", r".*use of fork\(\) may lead to deadlocks", DeprecationWarning)
+
+
 def _ended(status: int) -> str:
     if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        number = os.WTERMSIG(status)
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(number).name}"
+        return f"killed by signal {number}"
     return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
