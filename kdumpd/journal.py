@@ -51,11 +51,11 @@ def hold() -> list[list[Any]]:
 
 def send(priority: int, message: str, message_id: str | None = None, **fields: Any) -> None:
     """One journal entry; extra fields are upper-cased (KERNEL_VERSION=..., ERRNO=...)."""
+    kept = {k: str(v) for k, v in fields.items() if v is not None}
     if _held is not None:
-        kept = {k: str(v) for k, v in fields.items() if v is not None}
         _held.append([priority, message, message_id, kept])
         return
-    extra = {k.upper(): str(v) for k, v in fields.items() if v is not None}
+    extra = {k.upper(): v for k, v in kept.items()}
     if message_id:
         extra["MESSAGE_ID"] = message_id
     if _journal is not None and os.path.exists(_JOURNAL_SOCKET):

@@ -613,13 +613,16 @@ class Daemon:
         self, cfg: config.Config, files: kernels.KernelFiles, build: bool
     ) -> dict[str, Any]:
         """_arming's plan, and its image built if `build` (else {"unbuilt": True}), as JSON."""
+
+        def system(why: str) -> Arming:
+            return Arming("system", files.initrd, images.initrd_unpacked(files.initrd), why)
+
         plan, reason = environment.choose(cfg, files.version, self.sysroot, self.planner)
-        system = Arming("system", files.initrd, images.initrd_unpacked(files.initrd), "")
         if plan is None:
             why = reason and f"capture boots the system's own initramfs and systemd: {reason}"
             if why:
                 journal.send(journal.NOTICE, why, kernel_version=files.version)
-            return {"arming": dataclasses.replace(system, why=why).as_json(), "unbuilt": False}
+            return {"arming": system(why).as_json(), "unbuilt": False}
         image = environment.find(plan, self.cache)
         if image is None and not build:
             journal.send(
@@ -627,7 +630,7 @@ class Daemon:
                 "the capture initramfs is not built yet: the system's own boot is armed "
                 "until it is",
             )
-            return {"arming": system.as_json(), "unbuilt": True}
+            return {"arming": system("").as_json(), "unbuilt": True}
         if image is None:
             image = self._build(plan)
         try:

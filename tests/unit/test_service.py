@@ -341,11 +341,12 @@ def test_a_plan_is_remembered_once_its_image_is_there(
 
     # Planned and built in a child process (service._apart): what it remembered, in a file.
     remembered = tmp_path / "remembered"
-    monkeypatch.setattr(
-        environment,
-        "remember",
-        lambda p, image, cache: remembered.open("a").write(f"{image.path}\n"),
-    )
+
+    def remember(p: object, image: environment.Image, cache: Path) -> None:
+        with remembered.open("a") as f:
+            f.write(f"{image.path}\n")
+
+    monkeypatch.setattr(environment, "remember", remember)
     m = Machine(tmp_path)
     m.daemon.reload()  # nothing loaded yet: the machine's own boot first, no image
     assert not remembered.exists()
